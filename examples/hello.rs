@@ -1,0 +1,122 @@
+//! The example server: a port of Octopus's `simpleHTTPServer.go`.
+//!
+//! ```text
+//! cargo run --release --example hello -- -h 127.0.0.1 -p 8080
+//! curl http://127.0.0.1:8080/ping          # pong
+//! kill -HUP <pid>                          # upgrade to the binary now at the same path
+//! ```
+//!
+//! Routes: `GET /ping` answers `pong`, `GET /pid` the answering process id, `GET /sleep?ms=N`
+//! waits N milliseconds and answers `slept N`.
+
+use std::convert::Infallible;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use octopus::{Config, Server};
+
+/// A graceful HTTP server: SIGHUP upgrades, SIGUSR1/SIGUSR2 upgrade and keep the old process,
+/// SIGINT/SIGTERM shut down gracefully.
+#[derive(Debug, Parser)]
+#[command(name = "hello", disable_help_flag = true)]
+struct Args {
+    /// Host to listen on
+    #[arg(short = 'h', long = "host", default_value = "localhost")]
+    host: String,
+
+    /// Port to listen on (0: any free port, kept across upgrades)
+    #[arg(short = 'p', long = "port", default_value_t = 8080)]
+    port: u16,
+
+    /// Make SIGUSR1/SIGUSR2 also stop the old process once the new one is ready
+    #[arg(long)]
+    kill_master: bool,
+
+    /// Seconds in-flight requests get to finish on shutdown or upgrade
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = seconds)]
+    drain_timeout: f64,
+
+    /// Seconds a new process gets to become ready before the upgrade is rolled back
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = seconds)]
+    upgrade_timeout: f64,
+
+    /// Print help
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(secs),
+        _ => Err(format!("{text:?} is not a number of seconds")),
+    }
+}
+
+async fn route(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if request.method() != Method::GET {
+        return Ok(reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET is served\n".into(),
+        ));
+    }
+    let response = match request.uri().path() {
+        "/ping" => reply(StatusCode::OK, "pong\n".into()),
+        "/pid" => reply(StatusCode::OK, format!("{}\n", std::process::id())),
+        "/sleep" => match sleep_ms(request.uri().query()) {
+            Some(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                reply(StatusCode::OK, format!("slept {ms}\n"))
+            }
+            None => reply(StatusCode::BAD_REQUEST, "usage: /sleep?ms=N\n".into()),
+        },
+        _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
+    };
+    Ok(response)
+}
+
+fn sleep_ms(query: Option<&str>) -> Option<u64> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("ms="))
+        .and_then(|ms| ms.parse().ok())
+}
+
+fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let address = if args.host.contains(':') {
+        format!("[{}]:{}", args.host, args.port)
+    } else {
+        format!("{}:{}", args.host, args.port)
+    };
+    let config = Config::new()
+        .kill_master(args.kill_master)
+        .drain_timeout(Duration::from_secs_f64(args.drain_timeout))
+        .upgrade_timeout(Duration::from_secs_f64(args.upgrade_timeout));
+    match Server::new(config)
+        .bind(address)
+        .serve(tower::service_fn(route))
+        .await
+    {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The hand-over protocol: what an old process tells its successor through the environment.
+//!
+//! Three variables, always set together, replaced (never appended to) at each upgrade and removed
+//! from the new process's own environment as soon as it reads them, so that programs the
+//! application spawns never see them:
+//!
+//! | variable | value | example |
+//! |---|---|---|
+//! | `OCTOPUS_LISTENERS` | `FD=KEY` pairs separated by `;` (in a key, `%` is written `%25` and `;` is written `%3B`) | `3=tcp:127.0.0.1:8080;4=unix:/run/app.sock` |
+//! | `OCTOPUS_READY_FD` | the write end of a pipe; the new process writes one byte to it once it serves | `5` |
+//! | `OCTOPUS_PARENT_PID` | the pid of the old process | `4242` |
+//!
+//! Only the fds named here cross `exec`; every other fd of the old process is close-on-exec.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::os::fd::RawFd;
+
+use crate::error::InheritError;
+use crate::listeners::ListenerKey;
+
+/// Names the inherited listening sockets and the keys they were asked for with.
+pub const LISTENERS_VAR: &str = "OCTOPUS_LISTENERS";
+/// Names the pipe on which the new process reports ready.
+pub const READY_FD_VAR: &str = "OCTOPUS_READY_FD";
+/// The pid of the process that started this one.
+pub const PARENT_PID_VAR: &str = "OCTOPUS_PARENT_PID";
+
+/// All variables of the protocol.
+pub const VARS: [&str; 3] = [LISTENERS_VAR, READY_FD_VAR, PARENT_PID_VAR];
+
+/// What one process hands to its successor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Handover {
+    pub listeners: Vec<(RawFd, ListenerKey)>,
+    pub ready_fd: RawFd,
+    pub parent_pid: u32,
+}
+
+impl Handover {
+    /// The variables to set in the successor's environment.
+    pub fn to_env(&self) -> [(&'static str, String); 3] {
+        let listeners = self
+            .listeners
+            .iter()
+            .map(|(fd, key)| format!("{fd}={}", escape(&key.to_string())))
+            .collect::<Vec<_>>()
+            .join(";");
+        [
+            (LISTENERS_VAR, listeners),
+            (READY_FD_VAR, self.ready_fd.to_string()),
+            (PARENT_PID_VAR, self.parent_pid.to_string()),
+        ]
+    }
+
+    /// Reads the protocol through `lookup` (the process environment in production).
+    ///
+    /// `Ok(None)` means this is a first start: none of the variables is set.
+    pub fn from_env(
+        lookup: impl Fn(&str) -> Option<OsString>,
+    ) -> Result<Option<Handover>, InheritError> {
+        let values = VARS.map(&lookup);
+        let Some(present) = VARS
+            .iter()
+            .zip(&values)
+            .find(|(_, v)| v.is_some())
+            .map(|(var, _)| *var)
+        else {
+            return Ok(None);
+        };
+        let mut text = Vec::with_capacity(VARS.len());
+        for (var, value) in VARS.into_iter().zip(&values) {
+            let value = value.as_ref().ok_or(InheritError::Missing {
+                present,
+                missing: var,
+            })?;
+            let value = value.to_str().ok_or_else(|| InheritError::Malformed {
+                var,
+                value: value.to_string_lossy().into_owned(),
+                reason: "not valid UTF-8".into(),
+            })?;
+            text.push(value);
+        }
+        let ready_fd = parse_fd(READY_FD_VAR, text[1], text[1])?;
+        let parent_pid = text[2]
+            .parse::<u32>()
+            .ok()
+            .filter(|pid| *pid > 0)
+            .ok_or_else(|| malformed(PARENT_PID_VAR, text[2], "not a process id"))?;
+        let listeners = parse_listeners(text[0], ready_fd)?;
+        Ok(Some(Handover {
+            listeners,
+            ready_fd,
+            parent_pid,
+        }))
+    }
+}
+
+fn parse_listeners(
+    value: &str,
+    ready_fd: RawFd,
+) -> Result<Vec<(RawFd, ListenerKey)>, InheritError> {
+    let mut fds = HashSet::from([ready_fd]);
+    let mut keys = HashSet::new();
+    let mut listeners = Vec::new();
+    for entry in value.split(';').filter(|entry| !entry.is_empty()) {
+        let (fd, key) = entry.split_once('=').ok_or_else(|| {
+            malformed(
+                LISTENERS_VAR,
+                value,
+                &format!("entry {entry:?} is not FD=KEY"),
+            )
+        })?;
+        let fd = parse_fd(LISTENERS_VAR, value, fd)?;
+        let key = unescape(key)
+            .and_then(|key| key.parse::<ListenerKey>().ok())
+            .ok_or_else(|| {
+                malformed(
+                    LISTENERS_VAR,
+                    value,
+                    &format!("entry {entry:?} has no valid NETWORK:ADDRESS key"),
+                )
+            })?;
+        if !fds.insert(fd) {
+            return Err(malformed(
+                LISTENERS_VAR,
+                value,
+                &format!("fd {fd} is named twice (or is also {READY_FD_VAR})"),
+            ));
+        }
+        if !keys.insert(key.clone()) {
+            return Err(malformed(
+                LISTENERS_VAR,
+                value,
+                &format!("listener {key} is named twice"),
+            ));
+        }
+        listeners.push((fd, key));
+    }
+    Ok(listeners)
+}
+
+fn parse_fd(var: &'static str, value: &str, fd: &str) -> Result<RawFd, InheritError> {
+    match fd.parse::<RawFd>() {
+        Ok(fd) if fd > 2 => Ok(fd),
+        Ok(fd) if fd >= 0 => Err(malformed(
+            var,
+            value,
+            &format!("fd {fd} is standard input, output or error"),
+        )),
+        _ => Err(malformed(
+            var,
+            value,
+            &format!("{fd:?} is not a file descriptor number"),
+        )),
+    }
+}
+
+fn malformed(var: &'static str, value: &str, reason: &str) -> InheritError {
+    InheritError::Malformed {
+        var,
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+fn escape(key: &str) -> String {
+    key.replace('%', "%25").replace(';', "%3B")
+}
+
+fn unescape(key: &str) -> Option<String> {
+    let mut out = String::with_capacity(key.len());
+    let mut rest = key;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        match rest.get(at..at + 3) {
+            Some("%25") => out.push('%'),
+            Some("%3B") => out.push(';'),
+            _ => return None,
+        }
+        rest = &rest[at + 3..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+        let map: HashMap<String, OsString> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), OsString::from(v)))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Option<Handover>, InheritError> {
+        Handover::from_env(lookup(vars))
+    }
+
+    fn sample() -> Handover {
+        Handover {
+            listeners: vec![
+                (3, ListenerKey::tcp("127.0.0.1:0")),
+                (4, ListenerKey::unix("/tmp/a;b%c.sock")),
+                (7, ListenerKey::tcp("[::1]:8080")),
+            ],
+            ready_fd: 5,
+            parent_pid: 4242,
+        }
+    }
+
+    #[test]
+    fn first_start_has_no_variables() {
+        assert_eq!(parse(&[]), Ok(None));
+    }
+
+    #[test]
+    fn round_trips_through_the_environment() {
+        let handover = sample();
+        let env = handover.to_env();
+        let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(parse(&vars), Ok(Some(handover)));
+    }
+
+    #[test]
+    fn encodes_reserved_characters_in_keys() {
+        let env = sample().to_env();
+        assert_eq!(
+            env[0].1,
+            "3=tcp:127.0.0.1:0;4=unix:/tmp/a%3Bb%25c.sock;7=tcp:[::1]:8080"
+        );
+    }
+
+    #[test]
+    fn zero_listeners_is_valid() {
+        let parsed = parse(&[
+            (LISTENERS_VAR, ""),
+            (READY_FD_VAR, "3"),
+            (PARENT_PID_VAR, "9"),
+        ]);
+        assert_eq!(parsed.unwrap().unwrap().listeners, vec![]);
+    }
+
+    #[test]
+    fn a_lone_variable_names_the_missing_one() {
+        let err = parse(&[(LISTENERS_VAR, "3=tcp:127.0.0.1:1")]).unwrap_err();
+        assert_eq!(
+            err,
+            InheritError::Missing {
+                present: LISTENERS_VAR,
+                missing: READY_FD_VAR
+            }
+        );
+        assert!(err.to_string().contains("OCTOPUS_READY_FD"));
+    }
+
+    #[test]
+    fn rejects_bad_values_naming_the_variable() {
+        let cases: &[(&str, &str, &str, &str)] = &[
+            ("3=tcp:a:1", "", "1", READY_FD_VAR),
+            ("3=tcp:a:1", "x", "1", READY_FD_VAR),
+            ("3=tcp:a:1", "-4", "1", READY_FD_VAR),
+            ("3=tcp:a:1", "99999999999", "1", READY_FD_VAR),
+            ("3=tcp:a:1", "1", "1", READY_FD_VAR),
+            ("3=tcp:a:1", "5", "0", PARENT_PID_VAR),
+            ("3=tcp:a:1", "5", "me", PARENT_PID_VAR),
+            ("x=tcp:a:1", "5", "1", LISTENERS_VAR),
+            ("3", "5", "1", LISTENERS_VAR),
+            ("3=nocolon", "5", "1", LISTENERS_VAR),
+            ("3=tcp:a:1;3=tcp:b:1", "5", "1", LISTENERS_VAR),
+            ("3=tcp:a:1;4=tcp:a:1", "5", "1", LISTENERS_VAR),
+            ("5=tcp:a:1", "5", "1", LISTENERS_VAR),
+            ("3=tcp:a%zz", "5", "1", LISTENERS_VAR),
+            ("-3=tcp:a:1", "5", "1", LISTENERS_VAR),
+        ];
+        for (listeners, ready, parent, bad) in cases {
+            let err = parse(&[
+                (LISTENERS_VAR, listeners),
+                (READY_FD_VAR, ready),
+                (PARENT_PID_VAR, parent),
+            ])
+            .expect_err(&format!(
+                "{listeners:?} {ready:?} {parent:?} must be rejected"
+            ));
+            match &err {
+                InheritError::Malformed { var, .. } => assert_eq!(var, bad, "{err}"),
+                other => panic!("unexpected {other:?}"),
+            }
+            assert!(err.to_string().starts_with(bad), "{err}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn rejects_non_utf8() {
+        use std::os::unix::ffi::OsStringExt;
+        let err = Handover::from_env(|name| match name {
+            LISTENERS_VAR => Some(OsString::from_vec(vec![0xff, b'='])),
+            READY_FD_VAR => Some("5".into()),
+            PARENT_PID_VAR => Some("1".into()),
+            _ => None,
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("not valid UTF-8"), "{err}");
+    }
+}

@@ -1,0 +1,190 @@
+//! Typed errors. Each message says what failed and what the user can do about it.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+/// Errors from setting up or running a graceful server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The hand-over state inherited from the previous process is malformed.
+    #[error(transparent)]
+    Inherit(#[from] InheritError),
+
+    /// A listening socket could not be created.
+    #[error("cannot listen on {address}: {source}; is another process using it? Stop it or pick another address")]
+    Bind {
+        /// The address as it was asked for.
+        address: String,
+        /// What the operating system said.
+        source: io::Error,
+    },
+
+    /// The address could not be parsed or resolved.
+    #[error("cannot resolve listen address {address:?}: {reason}; use HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")]
+    Address {
+        /// The address as it was asked for.
+        address: String,
+        /// Why it could not be used.
+        reason: String,
+    },
+
+    /// The same listener was asked for twice in one process.
+    #[error("listener {key} was already asked for in this process; ask for each listener once and share it")]
+    DuplicateListener {
+        /// The key asked for twice.
+        key: String,
+    },
+
+    /// [`Server::listener`](crate::Server::listener) was used without
+    /// [`Server::octopus`](crate::Server::octopus).
+    #[error("Server::listener needs the Octopus the listener came from: pass it with Server::octopus, or use Server::bind")]
+    ListenerWithoutOctopus,
+
+    /// Octopus needs a Tokio runtime with I/O and time drivers enabled.
+    #[error("octopus must be started inside a Tokio runtime with I/O and time enabled (e.g. #[tokio::main])")]
+    NoRuntime,
+
+    /// The process cannot describe how it was started, so it could not be upgraded.
+    #[error("cannot determine how this process was started ({what}): {source}")]
+    StartInfo {
+        /// Which part of the start information was missing.
+        what: &'static str,
+        /// What the operating system said.
+        source: io::Error,
+    },
+
+    /// Telling the previous process that this one is ready failed.
+    #[error(
+        "cannot report readiness to the previous process: {0}; it will roll back and keep serving"
+    )]
+    Ready(#[source] io::Error),
+
+    /// Installing the signal handlers failed.
+    #[error("cannot install a handler for {signal}: {source}")]
+    Signal {
+        /// The signal's name.
+        signal: &'static str,
+        /// What the operating system said.
+        source: io::Error,
+    },
+
+    /// Another I/O error while serving.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// What the operating system said.
+        source: io::Error,
+    },
+}
+
+/// Why inherited listeners or the readiness fd could not be adopted.
+///
+/// These mean the environment variables of the hand-over protocol (see the crate docs) do not
+/// describe what this process really received: usually variables left over in a shell from an
+/// earlier run. Unset them (`unset OCTOPUS_LISTENERS OCTOPUS_READY_FD OCTOPUS_PARENT_PID`) and start
+/// again.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InheritError {
+    /// A variable of the protocol is set while another one it needs is missing.
+    #[error("{present} is set but {missing} is not; the hand-over variables come together: unset {present} if it is left over from an earlier run")]
+    Missing {
+        /// The variable that is set.
+        present: &'static str,
+        /// The variable that is missing.
+        missing: &'static str,
+    },
+
+    /// A variable is not valid UTF-8 or is malformed.
+    #[error("{var}={value:?} is malformed: {reason}")]
+    Malformed {
+        /// The variable's name.
+        var: &'static str,
+        /// Its value (lossy if not UTF-8).
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The fd described by a variable cannot be used.
+    #[error("{var} names fd {fd}, which {problem}")]
+    BadFd {
+        /// The variable's name.
+        var: &'static str,
+        /// The fd number.
+        fd: i32,
+        /// What is wrong with it, phrased to follow "which".
+        problem: String,
+    },
+}
+
+/// Why an upgrade did not happen. In every case the old process keeps serving.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpgradeError {
+    /// Another upgrade is in flight; only one runs at a time.
+    #[error("an upgrade is already in progress; this request is refused (send it again once the current one ends)")]
+    InProgress,
+
+    /// The process is shutting down or handing over, so it will not start a successor.
+    #[error("the process is shutting down; upgrade refused")]
+    Stopping,
+
+    /// The process has not reported ready itself yet.
+    #[error("the process is not serving yet; upgrade refused (upgrade once it has called ready)")]
+    NotReady,
+
+    /// The new process could not be started at all.
+    #[error("cannot start the new process {program}: {source}; check that the file exists and is executable")]
+    Spawn {
+        /// The program that was started.
+        program: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+
+    /// The new process exited before it reported ready.
+    #[error("new process {pid} exited before it was ready ({status})")]
+    Exited {
+        /// Its process id.
+        pid: u32,
+        /// How it exited.
+        status: ExitStatus,
+    },
+
+    /// The new process was not ready in time and was killed.
+    #[error("new process {pid} was not ready within {timeout:?}; it was killed")]
+    Timeout {
+        /// Its process id.
+        pid: u32,
+        /// The upgrade timeout in force.
+        timeout: Duration,
+    },
+
+    /// The new process closed its readiness pipe without reporting ready, and was killed.
+    #[error("new process {pid} closed its readiness pipe without reporting ready; it was killed")]
+    ClosedWithoutReady {
+        /// Its process id.
+        pid: u32,
+    },
+
+    /// A shutdown began while the upgrade was in flight; the new process was killed.
+    #[error("upgrade cancelled by shutdown; new process {pid} was killed")]
+    Cancelled {
+        /// Its process id.
+        pid: u32,
+    },
+
+    /// Waiting for the new process failed.
+    #[error("cannot watch new process {pid}: {source}")]
+    Watch {
+        /// Its process id.
+        pid: u32,
+        /// What the operating system said.
+        source: io::Error,
+    },
+}

@@ -1,0 +1,270 @@
+//! Checks on inherited file descriptors before this process takes ownership of them.
+//!
+//! An inherited fd is only trusted once it is open, of the expected kind and (for listeners)
+//! listening on the address its key asks for. Only then is it made close-on-exec and
+//! non-blocking and wrapped in an [`OwnedFd`].
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use rustix::fs::FileType;
+use rustix::io::FdFlags;
+use socket2::{SockRef, Type};
+
+use crate::error::InheritError;
+use crate::listeners::{ListenerKey, Network};
+
+/// Validates `fd` as the listening socket for `key` and takes ownership of it.
+pub(crate) fn adopt_listener(
+    var: &'static str,
+    fd: RawFd,
+    key: &ListenerKey,
+) -> Result<OwnedFd, InheritError> {
+    let bad = |problem: String| InheritError::BadFd { var, fd, problem };
+    let borrowed = borrow_open(fd).map_err(bad)?;
+    expect_type(borrowed, FileType::Socket).map_err(bad)?;
+    let socket = SockRef::from(&borrowed);
+    let kind = socket
+        .r#type()
+        .map_err(|e| bad(format!("cannot be queried ({e})")))?;
+    if kind != Type::STREAM {
+        return Err(bad(
+            "is not a stream socket (a UDP or datagram socket?)".into()
+        ));
+    }
+    if !is_listening(&socket).map_err(|e| bad(format!("cannot be queried ({e})")))? {
+        return Err(bad(
+            "is a stream socket that is not listening (connected or unbound)".into(),
+        ));
+    }
+    let local = socket
+        .local_addr()
+        .map_err(|e| bad(format!("has no local address ({e})")))?;
+    match key.network() {
+        Network::Tcp => {
+            let actual = local
+                .as_socket()
+                .ok_or_else(|| bad(format!("is not a TCP socket, but {key} asks for one")))?;
+            tcp_matches(key.address(), actual).map_err(bad)?;
+        }
+        Network::Unix => {
+            let actual = local.as_pathname().ok_or_else(|| {
+                bad(format!(
+                    "is not a Unix socket with a path, but {key} asks for one"
+                ))
+            })?;
+            if actual != Path::new(key.address()) {
+                return Err(bad(format!(
+                    "listens on {}, not on {key}",
+                    actual.display()
+                )));
+            }
+        }
+        Network::Named => {}
+    }
+    make_private(borrowed).map_err(bad)?;
+    // SAFETY: the fd is open (checked above) and the hand-over parser rejected any fd named twice,
+    // so this is the only owner ever made for it in this process.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Validates `fd` as the write end of the readiness pipe and takes ownership of it.
+pub(crate) fn adopt_ready_pipe(var: &'static str, fd: RawFd) -> Result<OwnedFd, InheritError> {
+    let bad = |problem: String| InheritError::BadFd { var, fd, problem };
+    let borrowed = borrow_open(fd).map_err(bad)?;
+    expect_type(borrowed, FileType::Fifo).map_err(bad)?;
+    let mode =
+        rustix::fs::fcntl_getfl(borrowed).map_err(|e| bad(format!("cannot be queried ({e})")))?;
+    if !mode.contains(rustix::fs::OFlags::WRONLY) && !mode.contains(rustix::fs::OFlags::RDWR) {
+        return Err(bad("is a pipe not open for writing".into()));
+    }
+    rustix::io::fcntl_setfd(borrowed, FdFlags::CLOEXEC)
+        .map_err(|e| bad(format!("cannot be made close-on-exec ({e})")))?;
+    // SAFETY: the fd is open (checked above), is not a listener fd (the parser rejects that), and is
+    // adopted once, so this is its only owner in this process.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn borrow_open(fd: RawFd) -> Result<BorrowedFd<'static>, String> {
+    // SAFETY: F_GETFD is defined for any integer (it fails with EBADF on a closed fd), and the
+    // borrow is only used for queries until the caller takes ownership of the fd.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    match rustix::io::fcntl_getfd(borrowed) {
+        Ok(_) => Ok(borrowed),
+        Err(rustix::io::Errno::BADF) => Err("is not open".into()),
+        Err(e) => Err(format!("cannot be queried ({e})")),
+    }
+}
+
+fn expect_type(fd: BorrowedFd<'_>, expected: FileType) -> Result<(), String> {
+    let stat = rustix::fs::fstat(fd).map_err(|e| format!("cannot be queried ({e})"))?;
+    let actual = FileType::from_raw_mode(stat.st_mode);
+    if actual == expected {
+        return Ok(());
+    }
+    let describe = |t: FileType| match t {
+        FileType::RegularFile => "a regular file",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symbolic link",
+        FileType::Fifo => "a pipe",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        _ => "of an unknown kind",
+    };
+    Err(format!(
+        "is {}, not {}",
+        describe(actual),
+        describe(expected)
+    ))
+}
+
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+fn is_listening(socket: &SockRef<'_>) -> std::io::Result<bool> {
+    socket.is_listener()
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+fn is_listening(socket: &SockRef<'_>) -> std::io::Result<bool> {
+    // Without SO_ACCEPTCONN a listener is recognised by having no peer.
+    Ok(socket.peer_addr().is_err())
+}
+
+fn make_private(fd: BorrowedFd<'_>) -> Result<(), String> {
+    rustix::io::fcntl_setfd(fd, FdFlags::CLOEXEC)
+        .map_err(|e| format!("cannot be made close-on-exec ({e})"))?;
+    rustix::io::ioctl_fionbio(fd, true).map_err(|e| format!("cannot be made non-blocking ({e})"))
+}
+
+/// Whether a socket bound to `actual` satisfies the requested `HOST:PORT`.
+pub(crate) fn tcp_matches(requested: &str, actual: SocketAddr) -> Result<(), String> {
+    let wanted: Vec<SocketAddr> = requested
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot be checked: {requested} does not resolve ({e})"))?
+        .collect();
+    let fits = wanted.iter().any(|want| {
+        let port_fits = want.port() == 0 || want.port() == actual.port();
+        let ip_fits = want.ip() == actual.ip()
+            || (want.ip().is_unspecified() && want.is_ipv4() == actual.is_ipv4());
+        port_fits && ip_fits
+    });
+    if fits {
+        Ok(())
+    } else {
+        Err(format!(
+            "listens on {actual}, not on the asked-for {requested}"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    const VAR: &str = "OCTOPUS_LISTENERS";
+
+    fn problem(result: Result<OwnedFd, InheritError>) -> String {
+        match result {
+            Err(InheritError::BadFd { var, problem, .. }) => {
+                assert_eq!(var, VAR);
+                problem
+            }
+            other => panic!("expected BadFd, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn port_zero_matches_any_port_on_the_same_ip() {
+        assert!(tcp_matches("127.0.0.1:0", "127.0.0.1:41234".parse().unwrap()).is_ok());
+        assert!(tcp_matches("127.0.0.1:80", "127.0.0.1:80".parse().unwrap()).is_ok());
+        assert!(tcp_matches("0.0.0.0:80", "0.0.0.0:80".parse().unwrap()).is_ok());
+        assert!(tcp_matches("localhost:80", "127.0.0.1:80".parse().unwrap()).is_ok());
+        assert!(tcp_matches("127.0.0.1:80", "127.0.0.1:81".parse().unwrap()).is_err());
+        assert!(tcp_matches("127.0.0.2:80", "127.0.0.1:80".parse().unwrap()).is_err());
+        assert!(tcp_matches("[::1]:80", "127.0.0.1:80".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn adopts_a_listening_tcp_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd: OwnedFd = listener.into();
+        let raw = fd.as_raw_fd();
+        std::mem::forget(fd);
+        let owned = adopt_listener(VAR, raw, &ListenerKey::tcp("127.0.0.1:0")).unwrap();
+        let flags = rustix::io::fcntl_getfd(&owned).unwrap();
+        assert!(flags.contains(FdFlags::CLOEXEC));
+    }
+
+    #[test]
+    fn rejects_a_closed_fd() {
+        let file = tempfile::tempfile().unwrap();
+        let raw = file.as_raw_fd();
+        drop(file);
+        assert_eq!(
+            problem(adopt_listener(VAR, raw, &ListenerKey::tcp("127.0.0.1:0"))),
+            "is not open"
+        );
+    }
+
+    #[test]
+    fn rejects_a_regular_file_and_a_pipe() {
+        let file = tempfile::tempfile().unwrap();
+        let p = problem(adopt_listener(
+            VAR,
+            file.as_raw_fd(),
+            &ListenerKey::tcp("127.0.0.1:0"),
+        ));
+        assert_eq!(p, "is a regular file, not a socket");
+        let (read, _write) = rustix::pipe::pipe().unwrap();
+        let p = problem(adopt_listener(
+            VAR,
+            read.as_raw_fd(),
+            &ListenerKey::tcp("127.0.0.1:0"),
+        ));
+        assert_eq!(p, "is a pipe, not a socket");
+    }
+
+    #[test]
+    fn rejects_udp_and_connected_sockets() {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = problem(adopt_listener(
+            VAR,
+            udp.as_raw_fd(),
+            &ListenerKey::tcp("127.0.0.1:0"),
+        ));
+        assert!(p.contains("not a stream socket"), "{p}");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let p = problem(adopt_listener(
+            VAR,
+            client.as_raw_fd(),
+            &ListenerKey::tcp("127.0.0.1:0"),
+        ));
+        assert!(p.contains("not listening"), "{p}");
+    }
+
+    #[test]
+    fn rejects_a_listener_on_another_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let other = if port == 65535 { port - 1 } else { port + 1 };
+        let key = ListenerKey::tcp(format!("127.0.0.1:{other}"));
+        let p = problem(adopt_listener(VAR, listener.as_raw_fd(), &key));
+        assert!(p.contains(&format!("listens on 127.0.0.1:{port}")), "{p}");
+    }
+
+    #[test]
+    fn ready_pipe_must_be_a_writable_pipe() {
+        let (read, write) = rustix::pipe::pipe().unwrap();
+        let p = match adopt_ready_pipe("OCTOPUS_READY_FD", read.as_raw_fd()) {
+            Err(InheritError::BadFd { problem, .. }) => problem,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(p, "is a pipe not open for writing");
+        let raw = write.as_raw_fd();
+        std::mem::forget(write);
+        adopt_ready_pipe("OCTOPUS_READY_FD", raw).unwrap();
+    }
+}

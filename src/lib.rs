@@ -1,0 +1,99 @@
+//! Serve network servers gracefully on Unix: upgrade the binary with no refused connection and
+//! no failed request, and shut down without cutting what is in flight.
+//!
+//! A Rust re-implementation of [NBCFB/Octopus](https://github.com/NBCFB/Octopus), with its signal
+//! contract, its bugs fixed (the new process gets the old one's arguments and sockets, and the old
+//! one waits until the new one is ready) and a drain that retires keep-alive connections without
+//! racing the client.
+//!
+//! # Serving HTTP in one call
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() -> Result<(), octopus::Error> {
+//! let app = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong\n" }));
+//! octopus::serve("127.0.0.1:8080", app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`Server`] takes several addresses and a [`Config`]; [`Octopus`] and [`Drain`] are the
+//! protocol-agnostic layer underneath, for raw TCP or any other protocol.
+//!
+//! # Signals
+//!
+//! | signal | behaviour |
+//! |---|---|
+//! | SIGHUP | upgrade; once the new process is ready, the old one drains and exits |
+//! | SIGUSR1, SIGUSR2 | upgrade; the old one keeps serving beside the new one, unless [`Config::kill_master`] is set |
+//! | SIGINT, SIGTERM | graceful shutdown; a second one does not cut the drain short |
+//!
+//! With [`Config::handle_signals`] off, a [`Handle`] drives the same actions from code.
+//!
+//! # The lifecycle of an upgrade
+//!
+//! ```text
+//!  old process (pid 100)                          new process (pid 200)
+//!  ─────────────────────                          ─────────────────────
+//!  serving on fd 3 (tcp:127.0.0.1:8080)
+//!  SIGHUP ──► pipe(); fork + exec argv[0] ───────► same argv, cwd and env, plus
+//!             fds 3 and 5 cross exec               OCTOPUS_LISTENERS=3=tcp:127.0.0.1:8080
+//!             (everything else is close-on-exec)   OCTOPUS_READY_FD=5  OCTOPUS_PARENT_PID=100
+//!  still accepting on fd 3   ◄──── one kernel socket, one accept queue ────► adopts fd 3, checks it
+//!                                                  starts accepting
+//!  reads "ready" from the pipe ◄──────────────────  writes "ready" to fd 5 (Octopus::ready)
+//!  stops accepting; drains: in-flight requests
+//!  finish, keep-alive clients get Connection:
+//!  close, HTTP/2 gets GOAWAY; exits 0             serving alone
+//!
+//!  If the new process exits, crashes, closes the pipe or is not ready within
+//!  `upgrade_timeout`: it is killed if needed and reaped, the reason is logged, and the
+//!  old process keeps serving as if nothing happened.
+//! ```
+//!
+//! # The hand-over protocol
+//!
+//! Three environment variables, set together by the old process and removed from the new
+//! process's environment as soon as [`Octopus::new`] reads them, so the application's own child
+//! processes never see them:
+//!
+//! | variable | value |
+//! |---|---|
+//! | `OCTOPUS_LISTENERS` | `FD=KEY` pairs separated by `;`, e.g. `3=tcp:127.0.0.1:8080;4=name:admin` (`%` and `;` in a key are written `%25` and `%3B`) |
+//! | `OCTOPUS_READY_FD` | the write end of a pipe; the new process writes one byte once it serves |
+//! | `OCTOPUS_PARENT_PID` | the old process's pid |
+//!
+//! A key is the network and the address *as asked for* ([`ListenerKey`]), so `127.0.0.1:0` gets
+//! the same socket (and port) in every generation. Each inherited fd is checked before it is used:
+//! it must be open, a listening stream socket on the asked-for address; the readiness fd must be a
+//! pipe open for writing. Anything else stops the new process with an [`InheritError`] naming the
+//! variable and the fd, before it reports ready, so the old process rolls back.
+//!
+//! # Log events
+//!
+//! Through `tracing`, with stable messages: `listener created`, `listener adopted`,
+//! `listening on ADDRESS`, `server started` (with `pid`), `signal received: SIG…`,
+//! `new process spawned`, `new process ready`, `upgrade failed; the old process keeps serving: …`,
+//! `upgrade refused: …`, `old process draining; …`, `old process kept alive beside …`,
+//! `draining connections; deadline …` (a UTC wall-clock time), `drain complete; …` or
+//! `drain deadline reached; cut N connections`, and `server shut down`.
+#![cfg(unix)]
+#![warn(missing_docs)]
+
+mod config;
+mod drain;
+mod env;
+mod error;
+mod fds;
+mod lifecycle;
+mod listeners;
+mod process;
+mod readiness;
+mod serve;
+mod signals;
+mod upgrade;
+
+pub use config::Config;
+pub use drain::{Drain, DrainReport, Draining};
+pub use error::{Error, InheritError, UpgradeError};
+pub use lifecycle::{AfterUpgrade, Handle, Octopus, Stop};
+pub use listeners::{ListenerKey, Network, ParseKeyError};
+pub use serve::{serve, Server};

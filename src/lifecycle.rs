@@ -1,0 +1,344 @@
+//! The life of one generation of a server: inherit or bind its listeners, report ready, serve
+//! until asked to stop (by a signal or a [`Handle`]), and hand over to a successor.
+
+use std::net::TcpListener;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::env::{Handover, LISTENERS_VAR, READY_FD_VAR, VARS};
+use crate::error::{Error, UpgradeError};
+use crate::fds;
+use crate::listeners::{ListenerKey, Registry};
+use crate::process::{ChildProcess, OsSpawner, StartInfo};
+use crate::readiness;
+use crate::signals;
+use crate::upgrade::Upgrader;
+
+/// Why a generation stops accepting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stop {
+    /// A graceful shutdown (SIGINT, SIGTERM or [`Handle::shutdown`]): close the listeners, drain,
+    /// exit.
+    Shutdown,
+    /// A successor is ready and serves on the same sockets: stop accepting, drain, exit.
+    Upgraded {
+        /// The successor's process id.
+        pid: u32,
+    },
+}
+
+/// What the old process does once its successor is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterUpgrade {
+    /// Drain and exit (SIGHUP; SIGUSR1/SIGUSR2 with `kill_master`).
+    Exit,
+    /// Keep serving beside the successor (SIGUSR1/SIGUSR2 without `kill_master`).
+    KeepServing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Starting,
+    Serving,
+    Stopping(Stop),
+}
+
+struct Parent {
+    pid: u32,
+    ready_pipe: OwnedFd,
+}
+
+struct Inner {
+    registry: Registry,
+    upgrader: Upgrader<OsSpawner>,
+    parent: Mutex<Option<Parent>>,
+    state: watch::Sender<State>,
+    cancel_upgrade: CancellationToken,
+}
+
+/// One generation of a gracefully upgradable server: the low-level, protocol-agnostic layer.
+///
+/// ```no_run
+/// use octopus::{Config, Drain, Octopus, Stop};
+/// use std::time::Duration;
+///
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Inherits the listeners of the previous process, if any, and installs the signal handlers.
+/// let octopus = Octopus::new(Config::new())?;
+/// let listener = tokio::net::TcpListener::from_std(octopus.listen_tcp("127.0.0.1:7000")?)?;
+/// let drain = Drain::new();
+/// let accept = {
+///     let drain = drain.clone();
+///     tokio::spawn(async move {
+///         while let Ok((socket, _)) = listener.accept().await {
+///             drain.spawn(|draining| async move { /* serve `socket` until `draining` */ });
+///         }
+///     })
+/// };
+/// octopus.ready()?; // the previous process, if any, now drains and exits
+/// let stop = octopus.stopped().await;
+/// accept.abort();
+/// if stop == Stop::Shutdown {
+///     octopus.close_listeners();
+/// }
+/// drain.run(Duration::from_secs(5)).await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Octopus {
+    inner: Arc<Inner>,
+}
+
+/// Drives upgrades and shutdowns from code, as the signals do.
+#[derive(Clone)]
+pub struct Handle {
+    inner: Arc<Inner>,
+}
+
+impl Octopus {
+    /// Starts a generation: adopts the listeners handed over by the previous process (if this one
+    /// was started by an upgrade) and, unless switched off, installs the signal handlers.
+    ///
+    /// Must run inside a Tokio runtime. Fails, before anything is served, if the hand-over
+    /// environment is malformed or names fds that are not what it says; the previous process then
+    /// sees this one exit and keeps serving.
+    pub fn new(config: Config) -> Result<Self, Error> {
+        tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let handover = Handover::from_env(|var| std::env::var_os(var))?;
+        for var in VARS {
+            std::env::remove_var(var);
+        }
+        let (inherited, parent) = match handover {
+            None => (Vec::new(), None),
+            Some(handover) => {
+                let inherited = adopt(handover)?;
+                (inherited.listeners, Some(inherited.parent))
+            }
+        };
+        let start = StartInfo::capture()?;
+        let inner = Arc::new(Inner {
+            registry: Registry::new(inherited),
+            upgrader: Upgrader::new(OsSpawner, start, config.upgrade_timeout),
+            parent: Mutex::new(parent),
+            state: watch::Sender::new(State::Starting),
+            cancel_upgrade: CancellationToken::new(),
+        });
+        let octopus = Octopus { inner };
+        if config.handle_signals {
+            signals::install(octopus.handle(), config.kill_master)?;
+        }
+        Ok(octopus)
+    }
+
+    /// The TCP listener on `address` (`HOST:PORT`; port 0 picks a free port once and keeps it
+    /// across upgrades): the one the previous process had, or a new one. Non-blocking and
+    /// close-on-exec; turn it into a Tokio listener with `tokio::net::TcpListener::from_std`.
+    pub fn listen_tcp(&self, address: &str) -> Result<TcpListener, Error> {
+        self.inner.registry.tcp(ListenerKey::tcp(address), address)
+    }
+
+    /// Like [`Octopus::listen_tcp`], but identified by `name` only, so a new version of the
+    /// program may move the listener to another address and still receive the old socket.
+    pub fn listen_tcp_named(&self, name: &str, address: &str) -> Result<TcpListener, Error> {
+        self.inner.registry.tcp(ListenerKey::named(name), address)
+    }
+
+    /// Reports that this generation is accepting on all its listeners.
+    ///
+    /// Inherited listeners the program did not ask for are closed. If this process was started by
+    /// an upgrade, the previous process learns it is ready and (depending on the signal) drains.
+    /// If a shutdown was asked for during start-up, nothing is reported, so the previous process
+    /// rolls back and keeps serving.
+    pub fn ready(&self) -> Result<(), Error> {
+        self.inner.registry.close_unused_inherited();
+        let started = self.inner.state.send_if_modified(|state| {
+            let starting = *state == State::Starting;
+            if starting {
+                *state = State::Serving;
+            }
+            starting
+        });
+        let parent = self
+            .inner
+            .parent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if !started {
+            return Ok(());
+        }
+        if let Some(parent) = parent {
+            match readiness::notify_ready(parent.ready_pipe) {
+                Ok(()) => tracing::info!(parent = parent.pid, "reported ready to the old process"),
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => tracing::warn!(
+                    parent = parent.pid,
+                    "the old process is gone; serving alone"
+                ),
+                Err(e) => return Err(Error::Ready(e)),
+            }
+        }
+        tracing::info!(pid = std::process::id(), "server started");
+        Ok(())
+    }
+
+    /// Resolves when this generation should stop accepting, and says why.
+    pub async fn stopped(&self) -> Stop {
+        let mut state = self.inner.state.subscribe();
+        let stopping = state
+            .wait_for(|s| matches!(s, State::Stopping(_)))
+            .await
+            .map(|s| *s);
+        match stopping {
+            Ok(State::Stopping(stop)) => stop,
+            // The sender lives in `self.inner`, so the channel cannot close while we wait.
+            _ => Stop::Shutdown,
+        }
+    }
+
+    /// Closes this process's copies of its listeners. Call it on [`Stop::Shutdown`] once the
+    /// accept loops have stopped, so new connections are refused rather than queued. After an
+    /// upgrade, leave them open: the successor serves them.
+    pub fn close_listeners(&self) {
+        self.inner.registry.close_all();
+    }
+
+    /// A handle to drive upgrades and shutdowns from code.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Handle {
+    /// Starts a new process from the path this one was started from, with the same arguments,
+    /// working directory and environment, hands it the listeners and waits until it reports ready.
+    /// Returns its pid. What this process does then depends on `after`.
+    ///
+    /// On any failure the new process is killed if needed and reaped, the reason is logged and
+    /// returned, and this process keeps serving as before.
+    pub async fn upgrade(&self, after: AfterUpgrade) -> Result<u32, UpgradeError> {
+        let result = self.try_upgrade(after).await;
+        if let Err(e) = &result {
+            match e {
+                UpgradeError::InProgress | UpgradeError::Stopping | UpgradeError::NotReady => {
+                    tracing::warn!("upgrade refused: {e}")
+                }
+                _ => tracing::error!("upgrade failed; the old process keeps serving: {e}"),
+            }
+        }
+        result
+    }
+
+    async fn try_upgrade(&self, after: AfterUpgrade) -> Result<u32, UpgradeError> {
+        let inner = &self.inner;
+        match *inner.state.borrow() {
+            State::Starting => return Err(UpgradeError::NotReady),
+            State::Stopping(_) => return Err(UpgradeError::Stopping),
+            State::Serving => {}
+        }
+        let permit = inner.upgrader.begin()?;
+        let mut child = inner
+            .upgrader
+            .run(&permit, &inner.registry, &inner.cancel_upgrade)
+            .await?;
+        let pid = child.pid();
+        let me = std::process::id();
+        match after {
+            AfterUpgrade::Exit => {
+                inner.state.send_if_modified(|state| {
+                    let serving = *state == State::Serving;
+                    if serving {
+                        tracing::info!(
+                            pid = me,
+                            new_pid = pid,
+                            "old process draining; new process {pid} serves"
+                        );
+                        *state = State::Stopping(Stop::Upgraded { pid });
+                    }
+                    serving
+                });
+            }
+            AfterUpgrade::KeepServing => {
+                tracing::info!(
+                    pid = me,
+                    new_pid = pid,
+                    "old process kept alive beside new process {pid}"
+                );
+                tokio::spawn(async move {
+                    match child.wait().await {
+                        Ok(status) => {
+                            tracing::info!(pid, %status, "process {pid} exited ({status})")
+                        }
+                        Err(e) => tracing::warn!(pid, error = %e, "cannot reap process {pid}"),
+                    }
+                });
+            }
+        }
+        drop(permit);
+        Ok(pid)
+    }
+
+    /// Starts a graceful shutdown: [`Octopus::stopped`] resolves with [`Stop::Shutdown`], and an
+    /// upgrade in flight is cancelled (its new process killed and reaped). Asking again while
+    /// stopping changes nothing: the drain already under way is not cut short.
+    pub fn shutdown(&self) {
+        let first = self.inner.state.send_if_modified(|state| {
+            let stopping = matches!(state, State::Stopping(_));
+            if stopping {
+                tracing::info!("already stopping; the drain under way goes on");
+            } else {
+                tracing::info!(pid = std::process::id(), "graceful shutdown started");
+                *state = State::Stopping(Stop::Shutdown);
+            }
+            !stopping
+        });
+        if first {
+            self.inner.cancel_upgrade.cancel();
+        }
+    }
+
+    /// Whether this generation has stopped accepting (shutting down or handed over).
+    pub fn is_stopping(&self) -> bool {
+        matches!(*self.inner.state.borrow(), State::Stopping(_))
+    }
+}
+
+/// What a process started by an upgrade received from its parent.
+struct Inherited {
+    listeners: Vec<(ListenerKey, OwnedFd)>,
+    parent: Parent,
+}
+
+fn adopt(handover: Handover) -> Result<Inherited, Error> {
+    let mut listeners = Vec::with_capacity(handover.listeners.len());
+    for (fd, key) in &handover.listeners {
+        listeners.push((key.clone(), fds::adopt_listener(LISTENERS_VAR, *fd, key)?));
+    }
+    let ready_pipe = fds::adopt_ready_pipe(READY_FD_VAR, handover.ready_fd)?;
+    let actual_parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32);
+    if actual_parent != Some(handover.parent_pid) {
+        tracing::warn!(
+            expected = handover.parent_pid,
+            actual = ?actual_parent,
+            "the process that started this upgrade is gone; this one will serve alone"
+        );
+    }
+    tracing::info!(
+        parent = handover.parent_pid,
+        listeners = listeners.len(),
+        "started by an upgrade"
+    );
+    Ok(Inherited {
+        listeners,
+        parent: Parent {
+            pid: handover.parent_pid,
+            ready_pipe,
+        },
+    })
+}

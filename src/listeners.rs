@@ -1,0 +1,328 @@
+//! Listening sockets that survive upgrades.
+//!
+//! Each listener is identified by a [`ListenerKey`]: the network and the address *as asked for*
+//! (`tcp:127.0.0.1:0` stays `tcp:127.0.0.1:0` even once the kernel picked a port), or an explicit
+//! name. A new process that asks for the same key receives the same kernel socket, with the same
+//! accept queue; on a first start the socket is bound fresh.
+
+use std::fmt;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::error::Error;
+
+/// How many connections the kernel queues before the application accepts them.
+const BACKLOG: i32 = 1024;
+
+/// The kind of socket a [`ListenerKey`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Network {
+    /// A TCP socket; the key's address is `HOST:PORT` as asked for.
+    Tcp,
+    /// A Unix domain stream socket; the key's address is its path.
+    Unix,
+    /// Any listening stream socket, identified by a name the application chose.
+    Named,
+}
+
+impl Network {
+    fn as_str(self) -> &'static str {
+        match self {
+            Network::Tcp => "tcp",
+            Network::Unix => "unix",
+            Network::Named => "name",
+        }
+    }
+}
+
+/// Identifies a listener across upgrades: the network and the requested address, or a name.
+///
+/// ```
+/// use octopus::ListenerKey;
+///
+/// let key = ListenerKey::tcp("127.0.0.1:0");
+/// assert_eq!(key.to_string(), "tcp:127.0.0.1:0");
+/// assert_eq!("tcp:127.0.0.1:0".parse::<ListenerKey>().unwrap(), key);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    network: Network,
+    address: String,
+}
+
+impl ListenerKey {
+    /// A TCP listener on `HOST:PORT`, as asked for (port 0 included).
+    pub fn tcp(address: impl Into<String>) -> Self {
+        ListenerKey {
+            network: Network::Tcp,
+            address: address.into(),
+        }
+    }
+
+    /// A Unix domain stream socket at `path`.
+    pub fn unix(path: impl Into<String>) -> Self {
+        ListenerKey {
+            network: Network::Unix,
+            address: path.into(),
+        }
+    }
+
+    /// A listener identified by a name only, whatever address it listens on.
+    pub fn named(name: impl Into<String>) -> Self {
+        ListenerKey {
+            network: Network::Named,
+            address: name.into(),
+        }
+    }
+
+    /// The kind of socket.
+    pub fn network(&self) -> Network {
+        self.network
+    }
+
+    /// The address or name, as asked for.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+}
+
+impl fmt::Display for ListenerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.network.as_str(), self.address)
+    }
+}
+
+/// The error returned when a string is not a `NETWORK:ADDRESS` key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a listener key: expected tcp:HOST:PORT, unix:PATH or name:NAME")]
+pub struct ParseKeyError(String);
+
+impl FromStr for ListenerKey {
+    type Err = ParseKeyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let error = || ParseKeyError(s.to_string());
+        let (network, address) = s.split_once(':').ok_or_else(error)?;
+        let network = [Network::Tcp, Network::Unix, Network::Named]
+            .into_iter()
+            .find(|n| n.as_str() == network)
+            .ok_or_else(error)?;
+        if address.is_empty() {
+            return Err(error());
+        }
+        Ok(ListenerKey {
+            network,
+            address: address.to_string(),
+        })
+    }
+}
+
+/// The listeners of this process: inherited ones not yet asked for, and the ones in use.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    inherited: Mutex<Vec<(ListenerKey, OwnedFd)>>,
+    active: Mutex<Vec<(ListenerKey, OwnedFd)>>,
+}
+
+impl Registry {
+    pub fn new(inherited: Vec<(ListenerKey, OwnedFd)>) -> Self {
+        Registry {
+            inherited: Mutex::new(inherited),
+            active: Mutex::default(),
+        }
+    }
+
+    /// The TCP listener for `key`: inherited if the previous process had it, else bound to `bind`.
+    pub fn tcp(&self, key: ListenerKey, bind: &str) -> Result<TcpListener, Error> {
+        let mut active = lock(&self.active);
+        if active.iter().any(|(k, _)| *k == key) {
+            return Err(Error::DuplicateListener {
+                key: key.to_string(),
+            });
+        }
+        let fd = match self.take_inherited(&key) {
+            Some(fd) => {
+                let local = local_address(&fd);
+                tracing::info!(%key, address = %local, "listener adopted");
+                fd
+            }
+            None => {
+                let fd = bind_tcp(bind)?;
+                let local = local_address(&fd);
+                tracing::info!(%key, address = %local, "listener created");
+                fd
+            }
+        };
+        let listener = TcpListener::from(clone(&fd)?);
+        active.push((key, fd));
+        Ok(listener)
+    }
+
+    fn take_inherited(&self, key: &ListenerKey) -> Option<OwnedFd> {
+        let mut inherited = lock(&self.inherited);
+        let at = inherited.iter().position(|(k, _)| k == key)?;
+        Some(inherited.swap_remove(at).1)
+    }
+
+    /// Runs `f` with the fds to hand to a new process; they stay open while `f` runs.
+    pub fn with_handover<R>(&self, f: impl FnOnce(&[(ListenerKey, BorrowedFd<'_>)]) -> R) -> R {
+        let active = lock(&self.active);
+        let fds: Vec<_> = active
+            .iter()
+            .map(|(k, fd)| (k.clone(), fd.as_fd()))
+            .collect();
+        f(&fds)
+    }
+
+    /// Closes inherited listeners that this version of the program did not ask for.
+    pub fn close_unused_inherited(&self) {
+        for (key, _) in lock(&self.inherited).drain(..) {
+            tracing::warn!(%key, "inherited listener not asked for by this process; closing it");
+        }
+    }
+
+    /// Closes this process's copies of every listener.
+    pub fn close_all(&self) {
+        lock(&self.inherited).clear();
+        lock(&self.active).clear();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded lists stay consistent even if a holder panicked: every change is one push or remove.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn local_address(fd: &OwnedFd) -> String {
+    match socket2::SockRef::from(fd).local_addr() {
+        Ok(address) => match (address.as_socket(), address.as_pathname()) {
+            (Some(inet), _) => inet.to_string(),
+            (None, Some(path)) => path.display().to_string(),
+            (None, None) => "an unnamed socket".into(),
+        },
+        Err(e) => format!("an unknown address ({e})"),
+    }
+}
+
+fn clone(fd: &OwnedFd) -> Result<OwnedFd, Error> {
+    fd.try_clone().map_err(|source| Error::Io {
+        what: "cannot duplicate a listening socket",
+        source,
+    })
+}
+
+/// Resolves `address` and binds the first of its addresses that accepts a listener.
+pub(crate) fn bind_tcp(address: &str) -> Result<OwnedFd, Error> {
+    let candidates: Vec<SocketAddr> = address
+        .to_socket_addrs()
+        .map_err(|e| Error::Address {
+            address: address.into(),
+            reason: e.to_string(),
+        })?
+        .collect();
+    let mut last_error = None;
+    for candidate in &candidates {
+        match bind_tcp_addr(*candidate) {
+            Ok(fd) => return Ok(fd),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(match last_error {
+        Some(source) => Error::Bind {
+            address: address.into(),
+            source,
+        },
+        None => Error::Address {
+            address: address.into(),
+            reason: "it resolves to no address".into(),
+        },
+    })
+}
+
+fn bind_tcp_addr(address: SocketAddr) -> std::io::Result<OwnedFd> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    // Lets a fresh start bind while connections of a previous run linger in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn keys_parse_and_display() {
+        for text in ["tcp:[::1]:80", "unix:/run/a:b.sock", "name:admin"] {
+            assert_eq!(text.parse::<ListenerKey>().unwrap().to_string(), text);
+        }
+        for bad in ["", "tcp", "tcp:", "udp:1.2.3.4:5", ":x"] {
+            assert!(bad.parse::<ListenerKey>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn inherited_listener_is_the_same_socket() {
+        let original = bind_tcp("127.0.0.1:0").unwrap();
+        let address = TcpListener::from(original.try_clone().unwrap())
+            .local_addr()
+            .unwrap();
+        let registry = Registry::new(vec![(ListenerKey::tcp("127.0.0.1:0"), original)]);
+        let listener = registry
+            .tcp(ListenerKey::tcp("127.0.0.1:0"), "127.0.0.1:0")
+            .unwrap();
+        assert_eq!(listener.local_addr().unwrap(), address);
+    }
+
+    #[test]
+    fn asking_twice_is_an_error() {
+        let registry = Registry::default();
+        registry
+            .tcp(ListenerKey::tcp("127.0.0.1:0"), "127.0.0.1:0")
+            .unwrap();
+        let err = registry
+            .tcp(ListenerKey::tcp("127.0.0.1:0"), "127.0.0.1:0")
+            .unwrap_err();
+        assert!(matches!(err, Error::DuplicateListener { .. }), "{err}");
+    }
+
+    #[test]
+    fn port_in_use_names_the_address() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = taken.local_addr().unwrap().to_string();
+        let err = bind_tcp(&address).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(&address) && text.contains("in use"), "{text}");
+    }
+
+    #[test]
+    fn handover_lists_active_listeners_only() {
+        let registry = Registry::new(vec![(
+            ListenerKey::named("old"),
+            bind_tcp("127.0.0.1:0").unwrap(),
+        )]);
+        let listener = registry
+            .tcp(ListenerKey::tcp("127.0.0.1:0"), "127.0.0.1:0")
+            .unwrap();
+        registry.close_unused_inherited();
+        registry.with_handover(|fds| {
+            assert_eq!(fds.len(), 1);
+            assert_eq!(fds[0].0, ListenerKey::tcp("127.0.0.1:0"));
+            assert_ne!(fds[0].1.as_raw_fd(), listener.as_raw_fd());
+        });
+    }
+}

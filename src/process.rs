@@ -1,0 +1,252 @@
+//! Starting the new process, behind a small interface so the upgrade logic is tested without
+//! spawning anything.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::ExitStatus;
+
+use rustix::io::FdFlags;
+
+use crate::env::{Handover, VARS};
+use crate::error::Error;
+use crate::listeners::ListenerKey;
+use crate::readiness;
+
+/// How this process was started, captured once at start-up so that a successor is started the
+/// same way even if the application later changes its working directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StartInfo {
+    /// The file to execute: the path the program was started from, made absolute.
+    pub program: PathBuf,
+    pub argv0: OsString,
+    pub args: Vec<OsString>,
+    pub cwd: PathBuf,
+}
+
+impl StartInfo {
+    pub fn capture() -> Result<Self, Error> {
+        let mut argv = std::env::args_os();
+        let argv0 = argv.next().ok_or_else(|| Error::StartInfo {
+            what: "argv[0] is empty",
+            source: io::ErrorKind::NotFound.into(),
+        })?;
+        let cwd = std::env::current_dir().map_err(|source| Error::StartInfo {
+            what: "working directory",
+            source,
+        })?;
+        let program = match resolve_program(&argv0, &cwd, std::env::var_os("PATH")) {
+            Some(program) => program,
+            None => std::env::current_exe().map_err(|source| Error::StartInfo {
+                what: "path of the executable",
+                source,
+            })?,
+        };
+        Ok(StartInfo {
+            program,
+            argv0,
+            args: argv.collect(),
+            cwd,
+        })
+    }
+}
+
+/// The path a program named `argv0` was started from, the way a shell found it.
+///
+/// Deliberately not `/proc/self/exe`: that names the running inode, which after a deploy is the
+/// old, deleted binary, while the path names the new one.
+pub(crate) fn resolve_program(
+    argv0: &OsString,
+    cwd: &Path,
+    path: Option<OsString>,
+) -> Option<PathBuf> {
+    let as_path = Path::new(argv0);
+    if as_path.as_os_str().is_empty() {
+        return None;
+    }
+    if as_path.components().count() > 1 || as_path.is_absolute() {
+        return Some(cwd.join(as_path));
+    }
+    std::env::split_paths(&path?)
+        .map(|dir| cwd.join(dir).join(as_path))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Resolves `true` once the new process reported ready, `false` if it closed the pipe first.
+pub(crate) type ReadyFuture = Pin<Box<dyn Future<Output = io::Result<bool>> + Send>>;
+
+/// A started successor and its readiness report.
+pub(crate) struct Spawned<C> {
+    pub child: C,
+    pub ready: ReadyFuture,
+}
+
+/// A running successor process.
+pub(crate) trait ChildProcess: Send + 'static {
+    fn pid(&self) -> u32;
+    /// Waits for the process to exit and reaps it.
+    fn wait(&mut self) -> impl Future<Output = io::Result<ExitStatus>> + Send;
+    /// Sends SIGKILL; the caller still waits to reap.
+    fn start_kill(&mut self) -> io::Result<()>;
+}
+
+/// Starts successors.
+pub(crate) trait Spawner: Send + Sync + 'static {
+    type Child: ChildProcess;
+    fn spawn(
+        &self,
+        start: &StartInfo,
+        listeners: &[(ListenerKey, BorrowedFd<'_>)],
+    ) -> io::Result<Spawned<Self::Child>>;
+}
+
+/// Starts real processes with `fork` + `exec`.
+#[derive(Debug, Default)]
+pub(crate) struct OsSpawner;
+
+/// A real child process.
+pub(crate) struct OsChild {
+    pid: u32,
+    child: tokio::process::Child,
+}
+
+impl ChildProcess for OsChild {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn wait(&mut self) -> impl Future<Output = io::Result<ExitStatus>> + Send {
+        self.child.wait()
+    }
+
+    fn start_kill(&mut self) -> io::Result<()> {
+        self.child.start_kill()
+    }
+}
+
+impl Spawner for OsSpawner {
+    type Child = OsChild;
+
+    fn spawn(
+        &self,
+        start: &StartInfo,
+        listeners: &[(ListenerKey, BorrowedFd<'_>)],
+    ) -> io::Result<Spawned<OsChild>> {
+        let (ready_read, ready_write) = readiness::pipe()?;
+        let handover = Handover {
+            listeners: listeners
+                .iter()
+                .map(|(key, fd)| (fd.as_raw_fd(), key.clone()))
+                .collect(),
+            ready_fd: ready_write.as_raw_fd(),
+            parent_pid: std::process::id(),
+        };
+        let inherit: Vec<RawFd> = handover
+            .listeners
+            .iter()
+            .map(|(fd, _)| *fd)
+            .chain([handover.ready_fd])
+            .collect();
+        let mut command = std::process::Command::new(&start.program);
+        command
+            .arg0(&start.argv0)
+            .args(&start.args)
+            .current_dir(&start.cwd);
+        for var in VARS {
+            command.env_remove(var);
+        }
+        command.envs(handover.to_env());
+        // SAFETY: the closure runs in the forked child before exec and only makes raw fcntl
+        // system calls (async-signal-safe, no allocation) on fds the parent keeps open until
+        // `spawn` returns.
+        unsafe {
+            command.pre_exec(move || {
+                for fd in &inherit {
+                    rustix::io::fcntl_setfd(BorrowedFd::borrow_raw(*fd), FdFlags::empty())?;
+                }
+                Ok(())
+            });
+        }
+        let child = tokio::process::Command::from(command).spawn()?;
+        drop(ready_write);
+        let pid = child.id().unwrap_or_default();
+        Ok(Spawned {
+            child: OsChild { pid, child },
+            ready: Box::pin(readiness::wait_ready(ready_read)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_are_made_absolute_against_the_start_directory() {
+        let cwd = Path::new("/srv/app");
+        assert_eq!(
+            resolve_program(&"./bin/server".into(), cwd, None),
+            Some(PathBuf::from("/srv/app/./bin/server"))
+        );
+        assert_eq!(
+            resolve_program(&"/usr/bin/server".into(), cwd, None),
+            Some(PathBuf::from("/usr/bin/server"))
+        );
+    }
+
+    #[test]
+    fn bare_names_are_found_on_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("server");
+        std::fs::write(&program, "#!/bin/sh\n").unwrap();
+        let path = std::env::join_paths(["/nonexistent", dir.path().to_str().unwrap()]).unwrap();
+        assert_eq!(
+            resolve_program(&"server".into(), Path::new("/"), Some(path.clone())),
+            None
+        );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            resolve_program(&"server".into(), Path::new("/"), Some(path)),
+            Some(program)
+        );
+    }
+
+    #[tokio::test]
+    async fn spawned_process_receives_only_the_handed_over_fds() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stray = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = listener.as_raw_fd();
+        let script = format!(
+            "test -n \"$OCTOPUS_READY_FD\" && test -e /proc/self/fd/{fd} && ! test -e /proc/self/fd/{stray} \
+             && test \"$OCTOPUS_LISTENERS\" = \"{fd}=tcp:127.0.0.1:0\" && printf R > /dev/fd/$OCTOPUS_READY_FD",
+            stray = stray.as_raw_fd()
+        );
+        let start = StartInfo {
+            program: "/bin/sh".into(),
+            argv0: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            cwd: "/".into(),
+        };
+        let borrowed = std::os::fd::AsFd::as_fd(&listener);
+        let mut spawned = OsSpawner
+            .spawn(&start, &[(ListenerKey::tcp("127.0.0.1:0"), borrowed)])
+            .unwrap();
+        assert!(
+            spawned.ready.await.unwrap(),
+            "the child did not see exactly the handed-over fds"
+        );
+        assert!(spawned.child.wait().await.unwrap().success());
+    }
+}

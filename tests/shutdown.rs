@@ -1,0 +1,126 @@
+//! Graceful shutdown of the real example server.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+use support::*;
+
+/// Sends `GET path` and returns the connection once the server has accepted and read it... or at
+/// least once the request is on the wire: either way a graceful server must answer it.
+fn send(port: u16, path: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    stream
+}
+
+fn read_reply(mut stream: TcpStream) -> std::io::Result<Reply> {
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse(&raw)
+}
+
+#[test]
+fn term_lets_an_in_flight_request_finish_then_exits_0() {
+    let mut server = Hello::start(&["-h", "127.0.0.1", "-p", "0"]);
+    let port = server.port();
+    let stream = send(port, "/sleep?ms=1000");
+    let started = Instant::now();
+    signal(server.first_pid(), Signal::TERM);
+    let reply = read_reply(stream).expect("the in-flight request must be answered");
+    assert_eq!((reply.status, reply.body.as_str()), (200, "slept 1000\n"));
+    assert!(
+        reply
+            .headers
+            .to_ascii_lowercase()
+            .contains("connection: close"),
+        "{}",
+        reply.headers
+    );
+    assert!(
+        server.wait_first_exit().success(),
+        "exit status 0 after a clean drain"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the drain ends with the last request"
+    );
+    server.wait_for(&["drain complete"]);
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the listener is closed"
+    );
+}
+
+#[test]
+fn term_cuts_a_request_longer_than_the_drain_timeout_at_the_deadline() {
+    let mut server = Hello::start(&["-h", "127.0.0.1", "-p", "0", "--drain-timeout", "1"]);
+    let port = server.port();
+    let stream = send(port, "/sleep?ms=15000");
+    // The request must be in the server before the signal for the cut to be measured.
+    server.wait_for(&["listening on"]);
+    let check = get(port, "/ping").unwrap();
+    assert_eq!(check.status, 200);
+    let started = Instant::now();
+    signal(server.first_pid(), Signal::TERM);
+    let result = read_reply(stream);
+    let elapsed = started.elapsed();
+    assert!(
+        result.is_err(),
+        "the long request must be cut, got {result:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
+        "cut after {elapsed:?}"
+    );
+    let line = server.wait_for(&["drain deadline reached"]);
+    assert!(line.contains("cut 1 connections"), "{line}");
+    assert!(server.wait_first_exit().success());
+}
+
+#[test]
+fn keep_alive_connection_is_told_to_close_not_cut() {
+    let mut server = Hello::start(&["-h", "127.0.0.1", "-p", "0"]);
+    let port = server.port();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let exchange = |stream: &mut TcpStream| {
+        write!(stream, "GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let first = exchange(&mut stream);
+    assert!(
+        first.starts_with("HTTP/1.1 200")
+            && !first.to_ascii_lowercase().contains("connection: close")
+    );
+    signal(server.first_pid(), Signal::TERM);
+    server.wait_for(&["draining connections"]);
+    // The client did not see the drain coming: its next request on the idle connection is answered.
+    let second = exchange(&mut stream);
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(
+        second.to_ascii_lowercase().contains("connection: close"),
+        "{second}"
+    );
+    assert!(server.wait_first_exit().success());
+}
+
+#[test]
+fn port_in_use_is_a_clear_error_and_a_non_zero_exit() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let mut server = Hello::start(&["-h", "127.0.0.1", "-p", &port]);
+    let status = server.wait_first_exit();
+    assert!(!status.success());
+    let line = server.wait_for(&["cannot listen on"]);
+    assert!(
+        line.contains(&format!("127.0.0.1:{port}")) && line.contains("in use"),
+        "{line}"
+    );
+}

@@ -1,0 +1,350 @@
+//! Starts the real example server and watches it the way a user would: through its log, its
+//! port, its pid and `/proc`. Every wait is bounded and ends on an event.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::time::{Duration, Instant};
+
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The example binary `cargo test` built next to this test.
+pub fn hello_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let binary = profile_dir.join("examples").join("hello");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo test`, which builds examples",
+        binary.display()
+    );
+    binary
+}
+
+/// Makes this test process adopt orphans, so a generation whose parent exited is reaped here and
+/// its exit status can be checked.
+fn become_subreaper() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+    });
+}
+
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+}
+
+/// A running example server (all its generations share its stderr) and the pids it owns.
+pub struct Hello {
+    first: Child,
+    log: Arc<Log>,
+    pids: Mutex<Vec<u32>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Hello {
+    /// Starts `program` (a copy of the example, or a path to it) in a fresh working directory.
+    pub fn start_program(program: &Path, args: &[&str]) -> Hello {
+        become_subreaper();
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(program)
+            .args(args)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("OCTOPUS_TEST_LOG").is_some() {
+                    eprintln!("{line}");
+                }
+                sink.lines.lock().unwrap().push(line);
+                sink.changed.notify_all();
+            }
+        });
+        let pid = child.id();
+        Hello {
+            first: child,
+            log,
+            pids: Mutex::new(vec![pid]),
+            dir,
+        }
+    }
+
+    /// Starts the example from its build location.
+    pub fn start(args: &[&str]) -> Hello {
+        Self::start_program(&hello_binary(), args)
+    }
+
+    pub fn first_pid(&self) -> u32 {
+        self.first.id()
+    }
+
+    /// Remembers a pid this test caused to exist, so it is killed when the test ends.
+    pub fn own(&self, pid: u32) {
+        self.pids.lock().unwrap().push(pid);
+    }
+
+    /// Waits for the `nth` (0-based) log line containing every one of `needles`.
+    pub fn wait_for_nth(&self, needles: &[&str], nth: usize) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines
+                .iter()
+                .filter(|line| needles.iter().all(|n| line.contains(n)))
+                .nth(nth)
+            {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no log line with {needles:?} within {TIMEOUT:?}; log:\n{}",
+                lines.join("\n")
+            );
+            lines = self.log.changed.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    pub fn wait_for(&self, needles: &[&str]) -> String {
+        self.wait_for_nth(needles, 0)
+    }
+
+    pub fn count(&self, needles: &[&str]) -> usize {
+        let lines = self.log.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|line| needles.iter().all(|n| line.contains(n)))
+            .count()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lines.lock().unwrap().join("\n")
+    }
+
+    /// The port the first generation logged, once it serves.
+    pub fn port(&self) -> u16 {
+        self.wait_for(&["server started"]);
+        let line = self.wait_for(&["listening on "]);
+        let address = line
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        address.parse::<SocketAddr>().unwrap().port()
+    }
+
+    /// Waits until the first generation exits and returns its status.
+    pub fn wait_first_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.first.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {} did not exit within {TIMEOUT:?}; log:\n{}",
+                self.first.id(),
+                self.log_text()
+            );
+            self.wait_log_change(Duration::from_millis(20));
+        }
+    }
+
+    /// Sleeps until the log changes or `at_most` passes: a bounded wait that ends early on news.
+    fn wait_log_change(&self, at_most: Duration) {
+        let lines = self.log.lines.lock().unwrap();
+        let seen = lines.len();
+        let _ = self
+            .log
+            .changed
+            .wait_timeout_while(lines, at_most, |l| l.len() == seen);
+    }
+}
+
+impl Drop for Hello {
+    fn drop(&mut self) {
+        for pid in self.pids.lock().unwrap().iter() {
+            kill(*pid, rustix::process::Signal::KILL);
+            let _ = rustix::process::waitpid(pid_of(*pid), rustix::process::WaitOptions::NOHANG);
+        }
+        let _ = self.first.kill();
+        let _ = self.first.wait();
+    }
+}
+
+fn pid_of(pid: u32) -> Option<rustix::process::Pid> {
+    rustix::process::Pid::from_raw(pid as i32)
+}
+
+pub fn kill(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = pid_of(pid) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+pub fn signal(pid: u32, signal: rustix::process::Signal) {
+    rustix::process::kill_process(pid_of(pid).unwrap(), signal).unwrap();
+}
+
+/// The pid in a log line's `pid=N` (or another `field=N`).
+pub fn field(line: &str, name: &str) -> u32 {
+    let needle = format!(" {name}=");
+    let at = line
+        .find(&needle)
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+        + needle.len();
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Whether `pid` is gone: exited and reaped (not a zombie).
+pub fn is_gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// State letter of `pid` from /proc (R, S, Z...), if it exists.
+pub fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim().chars().next()
+}
+
+/// Waits until `pid` (adopted by this subreaper test process) exits; reaps it and returns how.
+pub fn wait_adopted_exit(pid: u32) -> rustix::process::WaitStatus {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match rustix::process::waitpid(pid_of(pid), rustix::process::WaitOptions::NOHANG) {
+            Ok(Some((_, status))) => return status,
+            Ok(None) => {}
+            Err(e) => panic!("cannot wait for {pid}: {e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} did not exit within {TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls `condition` every few milliseconds until it holds, for at most `TIMEOUT`.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not true within {TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A response, or how the exchange failed.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub headers: String,
+}
+
+/// `GET path` on a new connection to 127.0.0.1:`port`.
+pub fn get(port: u16, path: &str) -> std::io::Result<Reply> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse(&raw)
+}
+
+pub fn parse(raw: &[u8]) -> std::io::Result<Reply> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("incomplete response {text:?}"),
+        )
+    })?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+    Ok(Reply {
+        status,
+        body: body.to_string(),
+        headers: head.to_string(),
+    })
+}
+
+/// The pid that answers `/pid`.
+pub fn pid_answering(port: u16) -> u32 {
+    let reply = get(port, "/pid").expect("the server must answer /pid");
+    assert_eq!(reply.status, 200);
+    reply.body.trim().parse().unwrap()
+}
+
+/// The inode of the socket listening on 127.0.0.1:`port`, from /proc/net/tcp.
+pub fn listening_inode(port: u16) -> Vec<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields[1] == local && fields[3] == "0A").then(|| fields[9].parse().unwrap())
+        })
+        .collect()
+}
+
+/// Whether process `pid` holds an fd on socket `inode`.
+pub fn holds_socket(pid: u32, inode: u64) -> bool {
+    let wanted = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries.flatten().any(|e| {
+                std::fs::read_link(e.path())
+                    .map(|l| l.to_string_lossy() == wanted)
+                    .unwrap_or(false)
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Copies the example into `dir` so a test may replace the file at its start path.
+pub fn copy_of_hello(dir: &Path) -> PathBuf {
+    let copy = dir.join("hello");
+    std::fs::copy(hello_binary(), &copy).unwrap();
+    copy
+}
+
+/// Replaces the file at `path` the way a deploy does: write beside it, then rename over it.
+pub fn replace_with_script(path: &Path, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, script).unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
