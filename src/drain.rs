@@ -6,13 +6,15 @@
 //! closes their sockets.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
+
+/// How long cut connections get to notice and close before the drain stops waiting for them.
+const AFTER_CUT: Duration = Duration::from_millis(500);
 
 /// Tracks connection tasks so that a shutdown can wait for them.
 ///
@@ -35,7 +37,6 @@ pub struct Drain {
     tracker: TaskTracker,
     draining: CancellationToken,
     cut_now: CancellationToken,
-    cut: Arc<AtomicUsize>,
 }
 
 /// Tells a connection task that the drain has started.
@@ -54,8 +55,28 @@ impl Draining {
     }
 }
 
+/// Keeps a drain open while it lives, for work that outlives its task, such as a connection
+/// taken over by an HTTP upgrade (WebSocket). At the deadline it is told to stop: [`Hold::cut`].
+#[derive(Debug)]
+pub struct Hold {
+    _token: TaskTrackerToken,
+    cut: CancellationToken,
+}
+
+impl Hold {
+    /// Resolves at the drain deadline, when the held work must stop.
+    pub fn cut(&self) -> WaitForCancellationFutureOwned {
+        self.cut.clone().cancelled_owned()
+    }
+
+    /// Whether the drain deadline has passed.
+    pub fn is_cut(&self) -> bool {
+        self.cut.is_cancelled()
+    }
+}
+
 /// What a drain did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DrainReport {
     /// Connections still open when the drain started.
@@ -66,13 +87,25 @@ pub struct DrainReport {
     pub elapsed: Duration,
 }
 
+impl DrainReport {
+    /// Adds up two drains of the same process.
+    pub fn merge(self, other: DrainReport) -> DrainReport {
+        DrainReport {
+            open_at_start: self.open_at_start + other.open_at_start,
+            cut: self.cut + other.cut,
+            elapsed: self.elapsed.max(other.elapsed),
+        }
+    }
+}
+
 impl Drain {
     /// A drain with no connections.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Runs a connection task. The task is aborted if it is still running at the drain deadline.
+    /// Runs a connection task. The task is dropped (closing what it owns) if it is still running
+    /// at the drain deadline.
     pub fn spawn<F, Fut>(&self, task: F)
     where
         F: FnOnce(Draining) -> Fut,
@@ -80,16 +113,21 @@ impl Drain {
     {
         let work = task(self.draining());
         let cut_now = self.cut_now.clone();
-        let cut = self.cut.clone();
         self.tracker.spawn(async move {
             tokio::select! {
                 biased;
                 () = work => {}
-                () = cut_now.cancelled() => {
-                    cut.fetch_add(1, Ordering::Relaxed);
-                }
+                () = cut_now.cancelled() => {}
             }
         });
+    }
+
+    /// Keeps the drain open until the returned [`Hold`] is dropped.
+    pub fn hold(&self) -> Hold {
+        Hold {
+            _token: self.tracker.token(),
+            cut: self.cut_now.clone(),
+        }
     }
 
     /// The signal connection tasks watch.
@@ -97,7 +135,7 @@ impl Drain {
         Draining(self.draining.clone())
     }
 
-    /// How many connection tasks are running.
+    /// How many connection tasks and holds are alive.
     pub fn active(&self) -> usize {
         self.tracker.len()
     }
@@ -114,16 +152,26 @@ impl Drain {
             connections = open_at_start,
             "draining connections; deadline {deadline}"
         );
+        let mut cut = 0;
         if tokio::time::timeout(timeout, self.tracker.wait())
             .await
             .is_err()
         {
+            cut = self.tracker.len();
             self.cut_now.cancel();
-            self.tracker.wait().await;
+            if tokio::time::timeout(AFTER_CUT, self.tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    left = self.tracker.len(),
+                    "connections held past the deadline did not close when cut; not waiting for them"
+                );
+            }
         }
         let report = DrainReport {
             open_at_start,
-            cut: self.cut.load(Ordering::Relaxed),
+            cut,
             elapsed: started.elapsed(),
         };
         if report.cut > 0 {
@@ -163,6 +211,25 @@ mod tests {
         assert!(report.elapsed >= Duration::from_millis(100));
         assert!(report.elapsed < Duration::from_millis(1000), "{report:?}");
         assert_eq!(drain.active(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_hold_keeps_the_drain_open_until_dropped_or_cut() {
+        let drain = Drain::new();
+        let hold = drain.hold();
+        let released = drain.hold();
+        assert_eq!(drain.active(), 2);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(released);
+        });
+        tokio::spawn(async move {
+            hold.cut().await;
+            assert!(hold.is_cut());
+        });
+        let report = drain.run(Duration::from_millis(200)).await;
+        assert_eq!((report.open_at_start, report.cut), (2, 1));
+        assert!(report.elapsed < Duration::from_millis(600), "{report:?}");
     }
 
     #[tokio::test]

@@ -308,3 +308,83 @@ mod tests {
         assert!(err.to_string().contains("not valid UTF-8"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key() -> impl Strategy<Value = ListenerKey> {
+        prop_oneof![
+            "[a-z0-9.:\\[\\]]{1,20}".prop_map(ListenerKey::tcp),
+            "/[ -~]{1,30}".prop_map(ListenerKey::unix),
+            "[ -~]{1,20}".prop_map(ListenerKey::named),
+        ]
+    }
+
+    fn handover() -> impl Strategy<Value = Handover> {
+        (
+            proptest::collection::btree_map(3..1_000_000i32, key(), 0..6),
+            1..u32::MAX,
+        )
+            .prop_filter_map(
+                "ready fd distinct and keys unique",
+                |(listeners, parent_pid)| {
+                    let ready_fd = 2_000_000;
+                    let mut keys = HashSet::new();
+                    listeners
+                        .values()
+                        .all(|k| keys.insert(k.clone()))
+                        .then(|| Handover {
+                            listeners: listeners.into_iter().collect(),
+                            ready_fd,
+                            parent_pid,
+                        })
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn every_handover_round_trips(handover in handover()) {
+            let env = handover.to_env();
+            let parsed = Handover::from_env(|var| {
+                env.iter().find(|(k, _)| *k == var).map(|(_, v)| v.into())
+            });
+            prop_assert_eq!(parsed, Ok(Some(handover)));
+        }
+
+        #[test]
+        fn arbitrary_values_never_panic_and_accepted_ones_are_sound(
+            listeners in "[ -~]{0,60}",
+            ready in "[ -~]{0,12}",
+            parent in "[ -~]{0,12}",
+        ) {
+            let values = [listeners, ready, parent];
+            let parsed = Handover::from_env(|var| {
+                VARS.iter().position(|v| *v == var).map(|i| values[i].clone().into())
+            });
+            if let Ok(Some(handover)) = parsed {
+                let mut fds = HashSet::from([handover.ready_fd]);
+                prop_assert!(handover.ready_fd > 2);
+                prop_assert!(handover.parent_pid > 0);
+                for (fd, _) in &handover.listeners {
+                    prop_assert!(*fd > 2);
+                    prop_assert!(fds.insert(*fd), "fd {} accepted twice", fd);
+                }
+            }
+        }
+
+        #[test]
+        fn well_formed_entries_with_random_keys_parse(fd in 3..100_000i32, key in key()) {
+            let listeners = format!("{fd}={}", escape(&key.to_string()));
+            let parsed = Handover::from_env(|var| match var {
+                LISTENERS_VAR => Some(listeners.clone().into()),
+                READY_FD_VAR => Some("200000".into()),
+                PARENT_PID_VAR => Some("7".into()),
+                _ => None,
+            });
+            prop_assert_eq!(parsed.unwrap().unwrap().listeners, vec![(fd, key)]);
+        }
+    }
+}

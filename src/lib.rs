@@ -78,7 +78,9 @@
 #![cfg(unix)]
 #![warn(missing_docs)]
 
+mod accept;
 mod config;
+mod connection;
 mod drain;
 mod env;
 mod error;
@@ -92,7 +94,7 @@ mod signals;
 mod upgrade;
 
 pub use config::Config;
-pub use drain::{Drain, DrainReport, Draining};
+pub use drain::{Drain, DrainReport, Draining, Hold};
 pub use error::{Error, InheritError, UpgradeError};
 pub use lifecycle::{AfterUpgrade, Handle, Octopus, Stop};
 pub use listeners::{ListenerKey, Network, ParseKeyError};

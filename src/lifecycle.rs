@@ -13,7 +13,7 @@ use crate::env::{Handover, LISTENERS_VAR, READY_FD_VAR, VARS};
 use crate::error::{Error, UpgradeError};
 use crate::fds;
 use crate::listeners::{ListenerKey, Registry};
-use crate::process::{ChildProcess, OsSpawner, StartInfo};
+use crate::process::{ChildProcess, OsChild, OsSpawner, StartInfo};
 use crate::readiness;
 use crate::signals;
 use crate::upgrade::Upgrader;
@@ -121,6 +121,19 @@ impl Octopus {
             }
         };
         let start = StartInfo::capture()?;
+        let octopus = Self::assemble(&config, inherited, parent, start);
+        if config.handle_signals {
+            signals::install(octopus.handle(), config.kill_master)?;
+        }
+        Ok(octopus)
+    }
+
+    fn assemble(
+        config: &Config,
+        inherited: Vec<(ListenerKey, OwnedFd)>,
+        parent: Option<Parent>,
+        start: StartInfo,
+    ) -> Self {
         let inner = Arc::new(Inner {
             registry: Registry::new(inherited),
             upgrader: Upgrader::new(OsSpawner, start, config.upgrade_timeout),
@@ -128,11 +141,7 @@ impl Octopus {
             state: watch::Sender::new(State::Starting),
             cancel_upgrade: CancellationToken::new(),
         });
-        let octopus = Octopus { inner };
-        if config.handle_signals {
-            signals::install(octopus.handle(), config.kill_master)?;
-        }
-        Ok(octopus)
+        Octopus { inner }
     }
 
     /// The TCP listener on `address` (`HOST:PORT`; port 0 picks a free port once and keeps it
@@ -200,6 +209,20 @@ impl Octopus {
         }
     }
 
+    /// After [`Stop::Upgraded`], resolves if the new process dies (exits non-zero or of a signal)
+    /// while this one is still alive:
+    /// this process then serves again, on the listeners it kept, and may be stopped again.
+    pub async fn resumed(&self) {
+        let mut state = self.inner.state.subscribe();
+        let _ = state.wait_for(|s| *s == State::Serving).await;
+    }
+
+    /// Waits until no upgrade is in flight. After a shutdown cancelled one, this returns once its
+    /// new process has been killed and reaped; call it before exiting.
+    pub async fn settle(&self) {
+        self.inner.upgrader.settled().await;
+    }
+
     /// Closes this process's copies of its listeners. Call it on [`Stop::Shutdown`] once the
     /// accept loops have stopped, so new connections are refused rather than queued. After an
     /// upgrade, leave them open: the successor serves them.
@@ -229,6 +252,7 @@ impl Handle {
                 UpgradeError::InProgress | UpgradeError::Stopping | UpgradeError::NotReady => {
                     tracing::warn!("upgrade refused: {e}")
                 }
+                UpgradeError::Cancelled { .. } => tracing::warn!("{e}"),
                 _ => tracing::error!("upgrade failed; the old process keeps serving: {e}"),
             }
         }
@@ -251,7 +275,7 @@ impl Handle {
         let me = std::process::id();
         match after {
             AfterUpgrade::Exit => {
-                inner.state.send_if_modified(|state| {
+                let handed_over = inner.state.send_if_modified(|state| {
                     let serving = *state == State::Serving;
                     if serving {
                         tracing::info!(
@@ -263,6 +287,9 @@ impl Handle {
                     }
                     serving
                 });
+                if handed_over {
+                    tokio::spawn(watch_successor(inner.clone(), child));
+                }
             }
             AfterUpgrade::KeepServing => {
                 tracing::info!(
@@ -309,6 +336,33 @@ impl Handle {
     }
 }
 
+/// Reaps a successor this process handed over to; if it dies (exits non-zero or of a signal) while
+/// this process still runs (is draining), this process resumes serving on the listeners it kept.
+async fn watch_successor(inner: Arc<Inner>, mut child: OsChild) {
+    let pid = child.pid();
+    let (failed, status) = match child.wait().await {
+        Ok(status) => (!status.success(), status.to_string()),
+        Err(e) => (false, format!("cannot be watched: {e}")),
+    };
+    // A successor that exits 0 shut down or handed over in turn on purpose: nothing to take back.
+    let resumed = failed
+        && inner.state.send_if_modified(|state| {
+            let handed_over = *state == State::Stopping(Stop::Upgraded { pid });
+            if handed_over {
+                tracing::error!(
+                    pid = std::process::id(),
+                    new_pid = pid,
+                    "new process {pid} died after it was ready ({status}); resuming accepting"
+                );
+                *state = State::Serving;
+            }
+            handed_over
+        });
+    if !resumed {
+        tracing::info!(pid, "process {pid} exited ({status})");
+    }
+}
+
 /// What a process started by an upgrade received from its parent.
 struct Inherited {
     listeners: Vec<(ListenerKey, OwnedFd)>,
@@ -341,4 +395,78 @@ fn adopt(handover: Handover) -> Result<Inherited, Error> {
             ready_pipe,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn started_by_upgrade() -> (Octopus, OwnedFd) {
+        let (read, write) = readiness::pipe().unwrap();
+        let parent = Parent {
+            pid: 1,
+            ready_pipe: write,
+        };
+        let start = StartInfo {
+            program: "/bin/false".into(),
+            argv0: "false".into(),
+            args: vec![],
+            cwd: "/".into(),
+        };
+        let octopus = Octopus::assemble(&Config::new(), Vec::new(), Some(parent), start);
+        (octopus, read)
+    }
+
+    fn reported_ready(read: &OwnedFd) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(rustix::io::read(read.as_fd(), &mut byte), Ok(1))
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_before_ready_is_refused() {
+        let (octopus, _read) = started_by_upgrade();
+        let err = octopus
+            .handle()
+            .upgrade(AfterUpgrade::Exit)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, UpgradeError::NotReady), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_before_ready_is_never_reported_as_ready() {
+        let (octopus, read) = started_by_upgrade();
+        octopus.handle().shutdown();
+        octopus.ready().unwrap();
+        assert_eq!(octopus.stopped().await, Stop::Shutdown);
+        assert!(
+            !reported_ready(&read),
+            "the parent must roll back, not hand over"
+        );
+    }
+
+    #[tokio::test]
+    async fn ready_is_reported_once() {
+        let (octopus, read) = started_by_upgrade();
+        octopus.ready().unwrap();
+        octopus.ready().unwrap();
+        assert!(reported_ready(&read));
+        assert!(!reported_ready(&read), "one byte, then end of file");
+    }
+
+    #[tokio::test]
+    async fn a_second_shutdown_changes_nothing() {
+        let (octopus, _read) = started_by_upgrade();
+        octopus.ready().unwrap();
+        octopus.handle().shutdown();
+        octopus.handle().shutdown();
+        assert_eq!(octopus.stopped().await, Stop::Shutdown);
+        let err = octopus
+            .handle()
+            .upgrade(AfterUpgrade::KeepServing)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, UpgradeError::Stopping), "{err}");
+    }
 }

@@ -143,6 +143,7 @@ impl Spawner for OsSpawner {
         start: &StartInfo,
         listeners: &[(ListenerKey, BorrowedFd<'_>)],
     ) -> io::Result<Spawned<OsChild>> {
+        check_executable(&start.program)?;
         let (ready_read, ready_write) = readiness::pipe()?;
         let handover = Handover {
             listeners: listeners
@@ -188,6 +189,32 @@ impl Spawner for OsSpawner {
     }
 }
 
+/// Refuses a file the kernel would refuse with ENOEXEC, before forking: otherwise the C library's
+/// `execvp` hands such a file to `/bin/sh`, and the real error is lost in a shell's complaint.
+#[cfg(target_os = "linux")]
+fn check_executable(program: &Path) -> io::Result<()> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let read = match std::fs::File::open(program) {
+        Ok(file) => file.take(4).read(&mut magic)?,
+        // An execute-only file cannot be read: leave the verdict to exec.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if magic[..read].starts_with(b"#!") || magic[..read] == *b"\x7fELF" {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(
+            rustix::io::Errno::NOEXEC.raw_os_error(),
+        ))
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn check_executable(_program: &Path) -> io::Result<()> {
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +247,31 @@ mod tests {
         assert_eq!(
             resolve_program(&"server".into(), Path::new("/"), Some(path)),
             Some(program)
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn files_that_are_not_programs_are_refused_with_enoexec() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content) in [
+            ("empty", &b""[..]),
+            ("text", b"hello"),
+            ("script", b"#!/bin/sh\n"),
+        ] {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        for name in ["empty", "text"] {
+            let err = check_executable(&dir.path().join(name)).unwrap_err();
+            assert!(err.to_string().contains("Exec format error"), "{err}");
+        }
+        check_executable(&dir.path().join("script")).unwrap();
+        check_executable(Path::new("/bin/sh")).unwrap();
+        assert_eq!(
+            check_executable(&dir.path().join("missing"))
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::NotFound
         );
     }
 

@@ -1,39 +1,23 @@
 //! The one-call HTTP entry: serve a tower service (an axum `Router` as is) gracefully.
-//!
-//! HTTP/1 keep-alive connections are retired without racing the client: once the drain starts,
-//! each connection keeps being read, its next response carries `Connection: close` (so the client
-//! opens a new connection, to the new process), and only a connection that stays idle for
-//! [`Config::idle_grace`] is closed by the server. HTTP/2 connections get GOAWAY at once and their
-//! open streams finish.
 
-use std::error::Error as StdError;
-use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::header::{HeaderValue, CONNECTION};
-use http::{Request, Response, Version};
+use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::accept::{accept_loop, accept_queued};
 use crate::config::Config;
-use crate::drain::{Drain, DrainReport, Draining};
+use crate::connection::{serve_connection, BoxError};
+use crate::drain::{Drain, DrainReport};
 use crate::error::Error;
 use crate::lifecycle::{Octopus, Stop};
-
-type BoxError = Box<dyn StdError + Send + Sync>;
-
-/// Longest pause of an accept loop after an error such as running out of file descriptors.
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Serves a tower service over HTTP/1 and HTTP/2 on one or more addresses, gracefully.
 ///
@@ -162,38 +146,62 @@ impl Server {
             }
             listeners.push(listener);
         }
-        let http = Http {
+        let mut http = Http {
             builder: Arc::new(auto::Builder::new(TokioExecutor::new())),
             service,
             drain: Drain::new(),
             idle_grace: self.config.idle_grace.min(self.config.drain_timeout),
         };
-        let stop_accepting = CancellationToken::new();
-        let accept_loops: Vec<_> = listeners
-            .into_iter()
-            .map(|listener| {
-                tokio::spawn(http.clone().accept_loop(listener, stop_accepting.clone()))
-            })
-            .collect();
-        octopus.ready()?;
-        let stop = octopus.stopped().await;
-        stop_accepting.cancel();
-        let mut listeners = Vec::with_capacity(accept_loops.len());
-        for accept_loop in accept_loops {
-            if let Ok(listener) = accept_loop.await {
-                listeners.push(listener);
+        let drain_timeout = self.config.drain_timeout;
+        let mut earlier_drains: Vec<JoinHandle<DrainReport>> = Vec::new();
+        let mut first = true;
+        let report = loop {
+            let stop_accepting = CancellationToken::new();
+            let accept_loops: Vec<_> = listeners
+                .drain(..)
+                .map(|listener| {
+                    let http = http.clone();
+                    tokio::spawn(accept_loop(
+                        listener,
+                        stop_accepting.clone(),
+                        move |stream, peer| http.spawn_connection(stream, peer),
+                    ))
+                })
+                .collect();
+            if std::mem::take(&mut first) {
+                octopus.ready()?;
             }
-        }
-        match stop {
-            Stop::Shutdown => {
-                octopus.close_listeners();
-                for listener in listeners {
-                    http.accept_queued(listener);
+            let stop = octopus.stopped().await;
+            stop_accepting.cancel();
+            for accept_loop in accept_loops {
+                if let Ok(listener) = accept_loop.await {
+                    listeners.push(listener);
                 }
             }
-            Stop::Upgraded { .. } => drop(listeners),
+            if stop == Stop::Shutdown {
+                octopus.close_listeners();
+                for listener in listeners.drain(..) {
+                    accept_queued(listener, |stream, peer| http.spawn_connection(stream, peer));
+                }
+                break http.drain.run(drain_timeout).await;
+            }
+            let drain = http.drain.clone();
+            let mut draining = tokio::spawn(async move { drain.run(drain_timeout).await });
+            tokio::select! {
+                report = &mut draining => break report.unwrap_or_default(),
+                () = octopus.resumed() => {
+                    earlier_drains.push(draining);
+                    http.drain = Drain::new();
+                }
+            }
+        };
+        let mut report = report;
+        for earlier in earlier_drains {
+            if let Ok(earlier) = earlier.await {
+                report = report.merge(earlier);
+            }
         }
-        let report = http.drain.run(self.config.drain_timeout).await;
+        octopus.settle().await;
         tracing::info!(
             pid = std::process::id(),
             cut = report.cut,
@@ -230,163 +238,19 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    /// Accepts until told to stop, then gives the listener back.
-    async fn accept_loop(self, listener: TcpListener, stop: CancellationToken) -> TcpListener {
-        let mut backoff = Duration::ZERO;
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                () = stop.cancelled() => return listener,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    backoff = Duration::ZERO;
-                    self.spawn_connection(stream, peer);
-                }
-                Err(e) if is_per_connection(&e) => {}
-                Err(e) => {
-                    backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
-                    tracing::warn!(error = %e, ?backoff, "accept failed; retrying after a pause");
-                    tokio::select! {
-                        () = stop.cancelled() => return listener,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                }
-            }
-        }
-    }
-
-    /// Serves the connections the kernel already queued, so a shutdown answers every client whose
-    /// connection was established before the listener closed.
-    fn accept_queued(&self, listener: TcpListener) {
-        let Ok(listener) = listener.into_std() else {
-            return;
-        };
-        while let Ok((stream, peer)) = listener.accept() {
-            let stream = stream
-                .set_nonblocking(true)
-                .and_then(|()| TcpStream::from_std(stream));
-            match stream {
-                Ok(stream) => self.spawn_connection(stream, peer),
-                Err(e) => tracing::debug!(error = %e, "cannot serve a queued connection"),
-            }
-        }
-    }
-
     fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr) {
         // Small responses go out at once instead of waiting for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         let builder = self.builder.clone();
         let service = self.service.clone();
+        let drain = self.drain.clone();
         let idle_grace = self.idle_grace;
         self.drain.spawn(move |draining| async move {
-            if let Err(e) = serve_connection(&builder, stream, service, draining, idle_grace).await
+            if let Err(e) =
+                serve_connection(&builder, stream, service, drain, draining, idle_grace).await
             {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                tracing::debug!(%peer, "connection ended with an error: {e}");
             }
         });
-    }
-}
-
-fn is_per_connection(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
-}
-
-async fn serve_connection<S, B>(
-    builder: &auto::Builder<TokioExecutor>,
-    stream: TcpStream,
-    service: S,
-    draining: Draining,
-    idle_grace: Duration,
-) -> Result<(), BoxError>
-where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    let http2 = Arc::new(AtomicBool::new(false));
-    let service = CloseWhenDraining {
-        inner: TowerToHyperService::new(service),
-        draining: draining.clone(),
-        http2: http2.clone(),
-    };
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => return result,
-        () = draining.wait() => {}
-    }
-    if !http2.load(Ordering::Relaxed) {
-        tokio::select! {
-            result = connection.as_mut() => return result,
-            () = tokio::time::sleep(idle_grace) => {}
-        }
-    }
-    connection.as_mut().graceful_shutdown();
-    connection.await
-}
-
-/// Marks HTTP/1 responses `Connection: close` once the drain has started.
-#[derive(Clone)]
-struct CloseWhenDraining<S> {
-    inner: S,
-    draining: Draining,
-    http2: Arc<AtomicBool>,
-}
-
-impl<S, B> hyper::service::Service<Request<Incoming>> for CloseWhenDraining<S>
-where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
-{
-    type Response = Response<B>;
-    type Error = S::Error;
-    type Future = CloseWhenDrainingFuture<S::Future>;
-
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let http1 = request.version() < Version::HTTP_2;
-        if !http1 {
-            self.http2.store(true, Ordering::Relaxed);
-        }
-        CloseWhenDrainingFuture {
-            inner: self.inner.call(request),
-            draining: http1.then(|| self.draining.clone()),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    struct CloseWhenDrainingFuture<F> {
-        #[pin]
-        inner: F,
-        draining: Option<Draining>,
-    }
-}
-
-impl<F, B, E> Future for CloseWhenDrainingFuture<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<B>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut response = ready!(this.inner.poll(cx))?;
-        if this.draining.as_ref().is_some_and(Draining::is_draining) {
-            response
-                .headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-        }
-        Poll::Ready(Ok(response))
     }
 }

@@ -5,10 +5,9 @@
 
 use std::io;
 use std::process::ExitStatus;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -26,18 +25,18 @@ pub(crate) struct Upgrader<S: Spawner> {
     spawner: S,
     start: StartInfo,
     timeout: Duration,
-    in_flight: Arc<AtomicBool>,
+    in_flight: watch::Sender<bool>,
 }
 
 /// Proof that this caller holds the only upgrade slot; the slot is freed on drop.
 #[derive(Debug)]
 pub(crate) struct Permit {
-    in_flight: Arc<AtomicBool>,
+    in_flight: watch::Sender<bool>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.in_flight.store(false, Ordering::Release);
+        self.in_flight.send_replace(false);
     }
 }
 
@@ -56,18 +55,32 @@ impl<S: Spawner> Upgrader<S> {
             spawner,
             start,
             timeout,
-            in_flight: Arc::default(),
+            in_flight: watch::Sender::new(false),
         }
     }
 
     /// Takes the upgrade slot, or refuses if another upgrade holds it.
     pub fn begin(&self) -> Result<Permit, UpgradeError> {
-        self.in_flight
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .map_err(|_| UpgradeError::InProgress)?;
+        let taken = self.in_flight.send_if_modified(|in_flight| {
+            let free = !*in_flight;
+            *in_flight = true;
+            free
+        });
+        if !taken {
+            return Err(UpgradeError::InProgress);
+        }
         Ok(Permit {
             in_flight: self.in_flight.clone(),
         })
+    }
+
+    /// Waits until no upgrade is in flight: a cancelled one has killed and reaped its process.
+    pub async fn settled(&self) {
+        let _ = self
+            .in_flight
+            .subscribe()
+            .wait_for(|in_flight| !*in_flight)
+            .await;
     }
 
     /// Starts a successor with the listeners of `registry` and waits until it is ready.
@@ -86,7 +99,12 @@ impl<S: Spawner> Upgrader<S> {
                 source,
             })?;
         let pid = child.pid();
-        tracing::info!(pid, program = %self.start.program.display(), "new process spawned");
+        tracing::info!(
+            pid,
+            old_pid = std::process::id(),
+            program = %self.start.program.display(),
+            "new process spawned"
+        );
         let deadline = Instant::now() + self.timeout;
         let outcome = tokio::select! {
             biased;
@@ -112,7 +130,7 @@ impl<S: Spawner> Upgrader<S> {
         };
         let error = match outcome {
             Outcome::Ready => {
-                tracing::info!(pid, "new process ready");
+                tracing::info!(pid, old_pid = std::process::id(), "new process ready");
                 return Ok(child);
             }
             Outcome::Exited(status) => return Err(UpgradeError::Exited { pid, status }),
@@ -149,7 +167,7 @@ mod tests {
     use super::*;
     use std::os::fd::BorrowedFd;
     use std::os::unix::process::ExitStatusExt;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
     use tokio::sync::watch;
 
     use crate::listeners::ListenerKey;

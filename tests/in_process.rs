@@ -75,3 +75,102 @@ async fn a_listener_without_its_octopus_is_refused() {
         "{err}"
     );
 }
+
+/// An HTTP upgrade to an echo protocol, as a WebSocket server would do it.
+async fn upgrade_to_echo(
+    mut request: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<http_body_util::Empty<bytes::Bytes>>, std::convert::Infallible> {
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgrade.await {
+            let io = hyper_util::rt::TokioIo::new(upgraded);
+            let (mut reader, mut writer) = tokio::io::split(io);
+            let _ = tokio::io::copy(&mut reader, &mut writer).await;
+        }
+    });
+    let mut response = http::Response::new(http_body_util::Empty::new());
+    *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    response
+        .headers_mut()
+        .insert("upgrade", "echo".parse().unwrap());
+    response
+        .headers_mut()
+        .insert("connection", "upgrade".parse().unwrap());
+    Ok(response)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_connections_are_counted_in_the_drain_and_cut_at_the_deadline() {
+    let drain_timeout = Duration::from_millis(700);
+    let config = Config::new()
+        .handle_signals(false)
+        .drain_timeout(drain_timeout);
+    let octopus = Octopus::new(config.clone()).unwrap();
+    let listener = octopus.listen_tcp("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = octopus.handle();
+    let service = tower::service_fn(upgrade_to_echo);
+    let server = tokio::spawn(
+        Server::new(config)
+            .octopus(octopus)
+            .listener(listener)
+            .serve(service),
+    );
+
+    let client = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        stream.write_all(b"hi").unwrap();
+        let mut echoed = [0u8; 2];
+        stream.read_exact(&mut echoed).unwrap();
+        assert_eq!(&echoed, b"hi");
+        stream
+    });
+    let mut stream = client.await.unwrap();
+
+    let started = std::time::Instant::now();
+    handle.shutdown();
+    let ended = tokio::task::spawn_blocking(move || {
+        let mut rest = Vec::new();
+        let result = stream.read_to_end(&mut rest);
+        (
+            result.is_err() || rest.is_empty(),
+            std::time::Instant::now(),
+        )
+    });
+    let report = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let (closed, at) = ended.await.unwrap();
+    assert!(closed, "the upgraded connection is closed");
+    let waited = at.duration_since(started);
+    assert!(
+        waited >= drain_timeout,
+        "the drain waited for the upgraded connection ({waited:?})"
+    );
+    assert!(
+        waited < drain_timeout + Duration::from_millis(500),
+        "and cut it at the deadline ({waited:?})"
+    );
+    assert_eq!(report.cut, 1, "{report:?}");
+}

@@ -31,7 +31,7 @@ fn hup_hands_the_same_socket_to_a_new_process_with_the_same_argv_and_cwd() {
         server.wait_first_exit().success(),
         "the old process must exit 0"
     );
-    assert!(server.log_text().contains("server shut down"));
+    server.wait_for(&["server shut down", &format!("pid={old}")]);
 
     assert_eq!(pid_answering(port), new);
     assert_eq!(
@@ -182,7 +182,7 @@ fn a_second_hup_during_an_upgrade_is_refused() {
     // A new version that takes a second to start.
     replace_with_script(
         &program,
-        &format!("#!/bin/sh\nsleep 1\nexec {} \"$@\"\n", real.display()),
+        format!("#!/bin/sh\nsleep 1\nexec {} \"$@\"\n", real.display()),
     );
 
     signal(old, Signal::HUP);

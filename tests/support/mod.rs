@@ -34,6 +34,16 @@ fn become_subreaper() {
     });
 }
 
+/// What a test adds to the environment a server starts in.
+#[derive(Default, Clone)]
+pub struct Setup {
+    pub env: Vec<(String, String)>,
+    /// fds of this test process that the server inherits, at the same numbers.
+    pub inherit: Vec<std::os::fd::RawFd>,
+    /// RLIMIT_NOFILE of the server.
+    pub nofile: Option<u64>,
+}
+
 #[derive(Default)]
 struct Log {
     lines: Mutex<Vec<String>>,
@@ -51,16 +61,44 @@ pub struct Hello {
 impl Hello {
     /// Starts `program` (a copy of the example, or a path to it) in a fresh working directory.
     pub fn start_program(program: &Path, args: &[&str]) -> Hello {
+        Self::start_with(program, args, &Setup::default())
+    }
+
+    /// Starts `program` with extra environment, inherited fds or a file-descriptor limit.
+    pub fn start_with(program: &Path, args: &[&str], setup: &Setup) -> Hello {
         become_subreaper();
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(program)
+        let mut command = Command::new(program);
+        command
             .args(args)
+            .envs(setup.env.iter().map(|(k, v)| (k, v)))
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        let inherit = setup.inherit.clone();
+        let nofile = setup.nofile;
+        // SAFETY: runs between fork and exec and only makes raw system calls (fcntl, setrlimit),
+        // which are async-signal-safe, on fds this test keeps open until `spawn` returns.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                for fd in &inherit {
+                    rustix::io::fcntl_setfd(
+                        std::os::fd::BorrowedFd::borrow_raw(*fd),
+                        rustix::io::FdFlags::empty(),
+                    )?;
+                }
+                if let Some(limit) = nofile {
+                    let limit = rustix::process::Rlimit {
+                        current: Some(limit),
+                        maximum: Some(limit),
+                    };
+                    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)?;
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().unwrap();
         let log = Arc::new(Log::default());
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
@@ -245,6 +283,11 @@ pub fn wait_adopted_exit(pid: u32) -> rustix::process::WaitStatus {
     }
 }
 
+/// Reaps `pid` if it became this test process's zombie (an orphan adopted by the subreaper).
+pub fn reap_if_adopted(pid: u32) {
+    let _ = rustix::process::waitpid(pid_of(pid), rustix::process::WaitOptions::NOHANG);
+}
+
 /// Polls `condition` every few milliseconds until it holds, for at most `TIMEOUT`.
 pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + TIMEOUT;
@@ -333,6 +376,33 @@ pub fn holds_socket(pid: u32, inode: u64) -> bool {
         .unwrap_or(false)
 }
 
+/// The kinds of the fds `pid` holds (`socket`, `pipe`, `anon_inode:[eventpoll]`, a path...),
+/// sorted, so two generations can be compared.
+pub fn fd_kinds(pid: u32) -> Vec<String> {
+    let mut kinds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|target| {
+            let target = target.to_string_lossy().to_string();
+            match target.split_once(":[") {
+                Some((kind, _)) if kind == "socket" || kind == "pipe" => kind.to_string(),
+                _ => target,
+            }
+        })
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+/// A slow-starting new version: a script at `program` that sleeps `secs`, then runs `real`.
+pub fn slow_start(program: &Path, real: &Path, secs: f64) {
+    replace_with_script(
+        program,
+        format!("#!/bin/sh\nsleep {secs}\nexec {} \"$@\"\n", real.display()),
+    );
+}
+
 /// Copies the example into `dir` so a test may replace the file at its start path.
 pub fn copy_of_hello(dir: &Path) -> PathBuf {
     let copy = dir.join("hello");
@@ -341,7 +411,7 @@ pub fn copy_of_hello(dir: &Path) -> PathBuf {
 }
 
 /// Replaces the file at `path` the way a deploy does: write beside it, then rename over it.
-pub fn replace_with_script(path: &Path, script: &str) {
+pub fn replace_with_script(path: &Path, script: impl AsRef<[u8]>) {
     use std::os::unix::fs::PermissionsExt;
     let staged = path.with_extension("staged");
     std::fs::write(&staged, script).unwrap();
