@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Routes: `GET /ping` answers `pong`, `GET /pid` the answering process id, `GET /sleep?ms=N`
-//! waits N milliseconds and answers `slept N`.
+//! waits N milliseconds and answers `slept N`, `GET /ready` answers `200 ready` while serving and
+//! `503 draining` once a shutdown or hand-over began (for load-balancer readiness checks).
 
 use std::convert::Infallible;
 use std::process::ExitCode;
@@ -18,7 +19,7 @@ use clap::Parser;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use octopus::{Config, Server};
+use octopus::{Config, Handle, Octopus, Server};
 
 /// A graceful HTTP server: SIGHUP upgrades, SIGUSR1/SIGUSR2 upgrade and keep the old process,
 /// SIGINT/SIGTERM shut down gracefully.
@@ -45,6 +46,10 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = seconds)]
     upgrade_timeout: f64,
 
+    /// Seconds a shutdown keeps accepting while /ready answers 503, before draining
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = seconds)]
+    pre_drain: f64,
+
     /// Print help
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -57,7 +62,10 @@ fn seconds(text: &str) -> Result<f64, String> {
     }
 }
 
-async fn route(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn route(
+    handle: Handle,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if request.method() != Method::GET {
         return Ok(reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -67,6 +75,10 @@ async fn route(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infa
     let response = match request.uri().path() {
         "/ping" => reply(StatusCode::OK, "pong\n".into()),
         "/pid" => reply(StatusCode::OK, format!("{}\n", std::process::id())),
+        "/ready" if handle.is_draining() => {
+            reply(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+        }
+        "/ready" => reply(StatusCode::OK, "ready\n".into()),
         "/sleep" => match sleep_ms(request.uri().query()) {
             Some(ms) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -107,12 +119,19 @@ async fn main() -> ExitCode {
     let config = Config::new()
         .kill_master(args.kill_master)
         .drain_timeout(Duration::from_secs_f64(args.drain_timeout))
-        .upgrade_timeout(Duration::from_secs_f64(args.upgrade_timeout));
-    match Server::new(config)
-        .bind(address)
-        .serve(tower::service_fn(route))
-        .await
-    {
+        .upgrade_timeout(Duration::from_secs_f64(args.upgrade_timeout))
+        .pre_drain(Duration::from_secs_f64(args.pre_drain));
+    let served = async {
+        let octopus = Octopus::new(config.clone())?;
+        let handle = octopus.handle();
+        let service = tower::service_fn(move |request| route(handle.clone(), request));
+        Server::new(config)
+            .octopus(octopus)
+            .bind(address)
+            .serve(service)
+            .await
+    };
+    match served.await {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

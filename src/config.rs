@@ -21,6 +21,7 @@ pub struct Config {
     pub(crate) upgrade_timeout: Duration,
     pub(crate) idle_grace: Duration,
     pub(crate) handle_signals: bool,
+    pub(crate) pre_drain: Duration,
 }
 
 impl Default for Config {
@@ -31,6 +32,7 @@ impl Default for Config {
             upgrade_timeout: Duration::from_secs(30),
             idle_grace: Duration::from_secs(1),
             handle_signals: true,
+            pre_drain: Duration::ZERO,
         }
     }
 }
@@ -77,6 +79,15 @@ impl Config {
     /// Default `true`.
     pub fn handle_signals(mut self, handle: bool) -> Self {
         self.handle_signals = handle;
+        self
+    }
+
+    /// How long a graceful shutdown keeps accepting before it drains, while
+    /// [`Handle::is_draining`](crate::Handle::is_draining) reports `true` so a readiness check
+    /// fails and a load balancer (Kubernetes' endpoints controller) stops sending traffic first.
+    /// Default zero: stop accepting at once. Upgrades do not wait for it.
+    pub fn pre_drain(mut self, delay: Duration) -> Self {
+        self.pre_drain = delay;
         self
     }
 

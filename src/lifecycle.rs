@@ -45,6 +45,8 @@ pub enum AfterUpgrade {
 enum State {
     Starting,
     Serving,
+    /// A shutdown was asked for with a pre-drain delay: still accepting, but reporting draining.
+    PreDraining,
     Stopping(Stop),
 }
 
@@ -59,6 +61,7 @@ struct Inner {
     parent: Mutex<Option<Parent>>,
     state: watch::Sender<State>,
     cancel_upgrade: CancellationToken,
+    pre_drain: std::time::Duration,
 }
 
 /// One generation of a gracefully upgradable server: the low-level, protocol-agnostic layer.
@@ -140,6 +143,7 @@ impl Octopus {
             parent: Mutex::new(parent),
             state: watch::Sender::new(State::Starting),
             cancel_upgrade: CancellationToken::new(),
+            pre_drain: config.pre_drain,
         });
         Octopus { inner }
     }
@@ -263,7 +267,7 @@ impl Handle {
         let inner = &self.inner;
         match *inner.state.borrow() {
             State::Starting => return Err(UpgradeError::NotReady),
-            State::Stopping(_) => return Err(UpgradeError::Stopping),
+            State::PreDraining | State::Stopping(_) => return Err(UpgradeError::Stopping),
             State::Serving => {}
         }
         let permit = inner.upgrader.begin()?;
@@ -312,27 +316,59 @@ impl Handle {
     }
 
     /// Starts a graceful shutdown: [`Octopus::stopped`] resolves with [`Stop::Shutdown`], and an
-    /// upgrade in flight is cancelled (its new process killed and reaped). Asking again while
-    /// stopping changes nothing: the drain already under way is not cut short.
+    /// upgrade in flight is cancelled (its new process killed and reaped). With a
+    /// [`Config::pre_drain`] delay, the process first keeps accepting for that long while
+    /// [`Handle::is_draining`] reports `true`. Asking again while stopping changes nothing: the
+    /// drain already under way is not cut short.
     pub fn shutdown(&self) {
-        let first = self.inner.state.send_if_modified(|state| {
-            let stopping = matches!(state, State::Stopping(_));
-            if stopping {
+        let pre_drain = self.inner.pre_drain;
+        let mut delayed = false;
+        let first = self.inner.state.send_if_modified(|state| match state {
+            State::PreDraining | State::Stopping(_) => {
                 tracing::info!("already stopping; the drain under way goes on");
-            } else {
+                false
+            }
+            State::Serving if !pre_drain.is_zero() => {
+                tracing::info!(
+                    pid = std::process::id(),
+                    "graceful shutdown started; still accepting for the pre-drain of {pre_drain:?} while reporting draining"
+                );
+                *state = State::PreDraining;
+                delayed = true;
+                true
+            }
+            State::Starting | State::Serving => {
                 tracing::info!(pid = std::process::id(), "graceful shutdown started");
                 *state = State::Stopping(Stop::Shutdown);
+                true
             }
-            !stopping
         });
-        if first {
-            self.inner.cancel_upgrade.cancel();
+        if !first {
+            return;
+        }
+        self.inner.cancel_upgrade.cancel();
+        if delayed {
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(pre_drain).await;
+                tracing::info!("pre-drain over; stopping accepting");
+                inner.state.send_replace(State::Stopping(Stop::Shutdown));
+            });
         }
     }
 
     /// Whether this generation has stopped accepting (shutting down or handed over).
     pub fn is_stopping(&self) -> bool {
         matches!(*self.inner.state.borrow(), State::Stopping(_))
+    }
+
+    /// Whether this generation is on its way out: in its pre-drain delay, draining, or handed
+    /// over. A readiness check (Kubernetes' `readinessProbe`) should fail while this is `true`.
+    pub fn is_draining(&self) -> bool {
+        matches!(
+            *self.inner.state.borrow(),
+            State::PreDraining | State::Stopping(_)
+        )
     }
 }
 
@@ -453,6 +489,33 @@ mod tests {
         octopus.ready().unwrap();
         assert!(reported_ready(&read));
         assert!(!reported_ready(&read), "one byte, then end of file");
+    }
+
+    #[tokio::test]
+    async fn pre_drain_keeps_accepting_while_reporting_draining() {
+        let (read, write) = readiness::pipe().unwrap();
+        drop(read);
+        let parent = Parent {
+            pid: 1,
+            ready_pipe: write,
+        };
+        let start = StartInfo {
+            program: "/bin/false".into(),
+            argv0: "false".into(),
+            args: vec![],
+            cwd: "/".into(),
+        };
+        let config = Config::new().pre_drain(std::time::Duration::from_millis(200));
+        let octopus = Octopus::assemble(&config, Vec::new(), Some(parent), start);
+        octopus.ready().unwrap();
+        let handle = octopus.handle();
+        assert!(!handle.is_draining());
+        let asked = tokio::time::Instant::now();
+        handle.shutdown();
+        assert!(handle.is_draining() && !handle.is_stopping());
+        assert_eq!(octopus.stopped().await, Stop::Shutdown);
+        assert!(asked.elapsed() >= std::time::Duration::from_millis(200));
+        assert!(handle.is_stopping());
     }
 
     #[tokio::test]

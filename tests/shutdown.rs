@@ -124,3 +124,21 @@ fn port_in_use_is_a_clear_error_and_a_non_zero_exit() {
         "{line}"
     );
 }
+
+#[test]
+fn pre_drain_keeps_accepting_while_ready_reports_draining_then_drains() {
+    let mut server = Hello::start(&["-h", "127.0.0.1", "-p", "0", "--pre-drain", "1.5"]);
+    let port = server.port();
+    assert_eq!(get(port, "/ready").unwrap().status, 200);
+    let started = Instant::now();
+    signal(server.first_pid(), Signal::TERM);
+    server.wait_for(&["graceful shutdown started", "pre-drain"]);
+    let ready = get(port, "/ready").expect("still accepting during the pre-drain");
+    assert_eq!((ready.status, ready.body.as_str()), (503, "draining\n"));
+    assert_eq!(get(port, "/ping").unwrap().status, 200, "still serving");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    server.wait_for(&["pre-drain over"]);
+    assert!(server.wait_first_exit().success());
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+}

@@ -14,9 +14,14 @@ pub const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The example binary `cargo test` built next to this test.
 pub fn hello_binary() -> PathBuf {
+    example_binary("hello")
+}
+
+/// An example binary (`examples/NAME.rs`) that `cargo test` built next to this test.
+pub fn example_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let binary = profile_dir.join("examples").join("hello");
+    let binary = profile_dir.join("examples").join(name);
     assert!(
         binary.exists(),
         "{} is missing: run `cargo test`, which builds examples",
@@ -124,6 +129,11 @@ impl Hello {
     /// Starts the example from its build location.
     pub fn start(args: &[&str]) -> Hello {
         Self::start_program(&hello_binary(), args)
+    }
+
+    /// Starts another example (`examples/NAME.rs`) from its build location.
+    pub fn start_example(name: &str, args: &[&str]) -> Hello {
+        Self::start_program(&example_binary(name), args)
     }
 
     pub fn first_pid(&self) -> u32 {
