@@ -11,6 +11,7 @@
 //! `503 draining` once a shutdown or hand-over began (for load-balancer readiness checks).
 
 use std::convert::Infallible;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -49,6 +50,26 @@ struct Args {
     /// Seconds a shutdown keeps accepting while /ready answers 503, before draining
     #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = seconds)]
     pre_drain: f64,
+
+    /// Also listen on this Unix domain socket
+    #[arg(long, value_name = "PATH")]
+    unix: Option<PathBuf>,
+
+    /// PEM certificate chain for an extra TLS listener (read again by every new process)
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key for the TLS listener
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Port of the TLS listener (0: any free port, kept across upgrades)
+    #[arg(long, value_name = "PORT", default_value_t = 8443)]
+    tls_port: u16,
+
+    /// Write the pid of the serving process to this file
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
 
     /// Print help
     #[arg(long, action = clap::ArgAction::Help)]
@@ -111,25 +132,36 @@ async fn main() -> ExitCode {
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
-    let address = if args.host.contains(':') {
-        format!("[{}]:{}", args.host, args.port)
-    } else {
-        format!("{}:{}", args.host, args.port)
+    let address = |port: u16| {
+        if args.host.contains(':') {
+            format!("[{}]:{port}", args.host)
+        } else {
+            format!("{}:{port}", args.host)
+        }
     };
-    let config = Config::new()
+    let mut config = Config::new()
         .kill_master(args.kill_master)
         .drain_timeout(Duration::from_secs_f64(args.drain_timeout))
         .upgrade_timeout(Duration::from_secs_f64(args.upgrade_timeout))
         .pre_drain(Duration::from_secs_f64(args.pre_drain));
+    if let Some(path) = &args.pid_file {
+        config = config.pid_file(path);
+    }
     let served = async {
         let octopus = Octopus::new(config.clone())?;
         let handle = octopus.handle();
         let service = tower::service_fn(move |request| route(handle.clone(), request));
-        Server::new(config)
+        let mut server = Server::new(config)
             .octopus(octopus)
-            .bind(address)
-            .serve(service)
-            .await
+            .bind(address(args.port));
+        if let Some(path) = &args.unix {
+            server = server.bind_unix(path);
+        }
+        if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+            let tls = octopus::tls_config_from_files(cert, key)?;
+            server = server.bind_tls(address(args.tls_port), tls);
+        }
+        server.serve(service).await
     };
     match served.await {
         Ok(_) => ExitCode::SUCCESS,

@@ -2,11 +2,11 @@
 //! (out of file descriptors, out of memory) pause the loop and are retried.
 
 use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+use crate::stream::{AnyListener, AnyStream};
 
 /// Longest pause of an accept loop after a resource error.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -14,10 +14,10 @@ const MIN_BACKOFF: Duration = Duration::from_millis(10);
 
 /// Accepts and hands each connection to `serve` until `stop`, then gives the listener back.
 pub(crate) async fn accept_loop(
-    listener: TcpListener,
+    listener: AnyListener,
     stop: CancellationToken,
-    mut serve: impl FnMut(TcpStream, SocketAddr),
-) -> TcpListener {
+    mut serve: impl FnMut(AnyStream, String),
+) -> AnyListener {
     let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
@@ -48,21 +48,10 @@ pub(crate) async fn accept_loop(
 
 /// Accepts the connections the kernel already queued, without waiting for more, so a shutdown
 /// answers every client whose connection was established before the listener closed.
-pub(crate) fn accept_queued(listener: TcpListener, mut serve: impl FnMut(TcpStream, SocketAddr)) {
-    let Ok(listener) = listener.into_std() else {
-        return;
-    };
+pub(crate) fn accept_queued(listener: &AnyListener, mut serve: impl FnMut(AnyStream, String)) {
     loop {
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                match stream
-                    .set_nonblocking(true)
-                    .and_then(|()| TcpStream::from_std(stream))
-                {
-                    Ok(stream) => serve(stream, peer),
-                    Err(e) => tracing::debug!("cannot serve a queued connection: {e}"),
-                }
-            }
+        match listener.accept_now() {
+            Ok(stream) => serve(stream, "queued".into()),
             Err(e) if is_per_connection(&e) && e.kind() != io::ErrorKind::WouldBlock => {}
             Err(_) => return,
         }

@@ -22,6 +22,7 @@ pub struct Config {
     pub(crate) idle_grace: Duration,
     pub(crate) handle_signals: bool,
     pub(crate) pre_drain: Duration,
+    pub(crate) pid_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -33,6 +34,7 @@ impl Default for Config {
             idle_grace: Duration::from_secs(1),
             handle_signals: true,
             pre_drain: Duration::ZERO,
+            pid_file: None,
         }
     }
 }
@@ -88,6 +90,14 @@ impl Config {
     /// Default zero: stop accepting at once. Upgrades do not wait for it.
     pub fn pre_drain(mut self, delay: Duration) -> Self {
         self.pre_drain = delay;
+        self
+    }
+
+    /// A file naming the process that is ready and serving (for systemd's `PIDFile=` and
+    /// scripts): written atomically by each generation once it serves, before the previous one
+    /// hands over; removed at a shutdown by the process it names.
+    pub fn pid_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.pid_file = Some(path.into());
         self
     }
 

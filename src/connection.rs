@@ -23,7 +23,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::drain::{Drain, Draining, Hold};
@@ -39,9 +38,9 @@ struct Shared {
 }
 
 /// Serves one connection with `service` until it ends, the drain retires it, or the drain cuts it.
-pub(crate) async fn serve_connection<S, B>(
+pub(crate) async fn serve_connection<S, B, IO>(
     builder: &auto::Builder<TokioExecutor>,
-    stream: TcpStream,
+    stream: IO,
     service: S,
     drain: Drain,
     draining: Draining,
@@ -54,6 +53,7 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = Arc::new(Shared::default());
     let service = CloseWhenDraining {
@@ -156,13 +156,13 @@ where
 }
 
 /// The connection's byte stream; once upgraded, it fails at the drain deadline.
-struct UpgradableIo {
-    inner: TcpStream,
+struct UpgradableIo<IO> {
+    inner: IO,
     shared: Arc<Shared>,
     cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
-impl UpgradableIo {
+impl<IO> UpgradableIo<IO> {
     /// Whether the drain cut this upgraded connection; registers for the cut otherwise.
     fn is_cut(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(hold) = self.shared.upgraded.get() else {
@@ -180,7 +180,7 @@ fn cut_error() -> io::Error {
     )
 }
 
-impl AsyncRead for UpgradableIo {
+impl<IO: AsyncRead + Unpin> AsyncRead for UpgradableIo<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -193,7 +193,7 @@ impl AsyncRead for UpgradableIo {
     }
 }
 
-impl AsyncWrite for UpgradableIo {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for UpgradableIo<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

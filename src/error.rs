@@ -43,6 +43,15 @@ pub enum Error {
     #[error("Server::listener needs the Octopus the listener came from: pass it with Server::octopus, or use Server::bind")]
     ListenerWithoutOctopus,
 
+    /// A TLS certificate or key could not be used.
+    #[error("cannot use TLS file {path}: {reason}; give a PEM certificate chain and its PEM private key")]
+    Tls {
+        /// The file that was read.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// Octopus needs a Tokio runtime with I/O and time drivers enabled.
     #[error("octopus must be started inside a Tokio runtime with I/O and time enabled (e.g. #[tokio::main])")]
     NoRuntime,
@@ -61,6 +70,15 @@ pub enum Error {
         "cannot report readiness to the previous process: {0}; it will roll back and keep serving"
     )]
     Ready(#[source] io::Error),
+
+    /// The pid file could not be written.
+    #[error("cannot write the pid file {path}: {source}; check that its directory exists and is writable")]
+    PidFile {
+        /// The pid file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
 
     /// Installing the signal handlers failed.
     #[error("cannot install a handler for {signal}: {source}")]

@@ -79,6 +79,7 @@
 #![warn(missing_docs)]
 
 mod accept;
+mod activation;
 mod config;
 mod connection;
 mod drain;
@@ -87,10 +88,15 @@ mod error;
 mod fds;
 mod lifecycle;
 mod listeners;
+mod notify;
+mod pidfile;
 mod process;
 mod readiness;
 mod serve;
 mod signals;
+mod stream;
+#[cfg(feature = "tls")]
+mod tls;
 mod upgrade;
 
 pub use config::Config;
@@ -99,3 +105,8 @@ pub use error::{Error, InheritError, UpgradeError};
 pub use lifecycle::{AfterUpgrade, Handle, Octopus, Stop};
 pub use listeners::{ListenerKey, Network, ParseKeyError};
 pub use serve::{serve, Server};
+#[cfg(feature = "tls")]
+pub use tls::tls_config_from_files;
+/// The rustls crate, for building a TLS configuration by hand.
+#[cfg(feature = "tls")]
+pub use tokio_rustls::rustls;

@@ -8,11 +8,14 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::activation::{self, Activated};
 use crate::config::Config;
 use crate::env::{Handover, LISTENERS_VAR, READY_FD_VAR, VARS};
 use crate::error::{Error, UpgradeError};
 use crate::fds;
 use crate::listeners::{ListenerKey, Registry};
+use crate::notify;
+use crate::pidfile;
 use crate::process::{ChildProcess, OsChild, OsSpawner, StartInfo};
 use crate::readiness;
 use crate::signals;
@@ -57,6 +60,7 @@ struct Parent {
 
 struct Inner {
     registry: Registry,
+    pid_file: Option<std::path::PathBuf>,
     upgrader: Upgrader<OsSpawner>,
     parent: Mutex<Option<Parent>>,
     state: watch::Sender<State>,
@@ -112,21 +116,26 @@ impl Octopus {
     /// sees this one exit and keeps serving.
     pub fn new(config: Config) -> Result<Self, Error> {
         tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let handlers = if config.handle_signals {
+            Some(signals::Handlers::install()?)
+        } else {
+            None
+        };
         let handover = Handover::from_env(|var| std::env::var_os(var))?;
         for var in VARS {
             std::env::remove_var(var);
         }
-        let (inherited, parent) = match handover {
-            None => (Vec::new(), None),
+        let (inherited, parent, activated) = match handover {
+            None => (Vec::new(), None, activation::take()?),
             Some(handover) => {
                 let inherited = adopt(handover)?;
-                (inherited.listeners, Some(inherited.parent))
+                (inherited.listeners, Some(inherited.parent), Vec::new())
             }
         };
         let start = StartInfo::capture()?;
-        let octopus = Self::assemble(&config, inherited, parent, start);
-        if config.handle_signals {
-            signals::install(octopus.handle(), config.kill_master)?;
+        let octopus = Self::assemble(&config, inherited, activated, parent, start);
+        if let Some(handlers) = handlers {
+            handlers.serve(octopus.handle(), config.kill_master);
         }
         Ok(octopus)
     }
@@ -134,11 +143,13 @@ impl Octopus {
     fn assemble(
         config: &Config,
         inherited: Vec<(ListenerKey, OwnedFd)>,
+        activated: Vec<Activated>,
         parent: Option<Parent>,
         start: StartInfo,
     ) -> Self {
         let inner = Arc::new(Inner {
-            registry: Registry::new(inherited),
+            registry: Registry::new(inherited, activated),
+            pid_file: config.pid_file.clone(),
             upgrader: Upgrader::new(OsSpawner, start, config.upgrade_timeout),
             parent: Mutex::new(parent),
             state: watch::Sender::new(State::Starting),
@@ -153,6 +164,17 @@ impl Octopus {
     /// close-on-exec; turn it into a Tokio listener with `tokio::net::TcpListener::from_std`.
     pub fn listen_tcp(&self, address: &str) -> Result<TcpListener, Error> {
         self.inner.registry.tcp(ListenerKey::tcp(address), address)
+    }
+
+    /// The Unix domain stream socket at `path`: the one the previous process had, or a new one
+    /// with permission bits `mode` (a stale socket file from a crashed run is replaced). The path
+    /// is never removed by octopus, so a process that hands it over leaves it in place.
+    pub fn listen_unix(
+        &self,
+        path: &std::path::Path,
+        mode: Option<u32>,
+    ) -> Result<std::os::unix::net::UnixListener, Error> {
+        self.inner.registry.unix(path, mode)
     }
 
     /// Like [`Octopus::listen_tcp`], but identified by `name` only, so a new version of the
@@ -185,17 +207,28 @@ impl Octopus {
         if !started {
             return Ok(());
         }
-        if let Some(parent) = parent {
-            match readiness::notify_ready(parent.ready_pipe) {
-                Ok(()) => tracing::info!(parent = parent.pid, "reported ready to the old process"),
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => tracing::warn!(
-                    parent = parent.pid,
-                    "the old process is gone; serving alone"
-                ),
-                Err(e) => return Err(Error::Ready(e)),
-            }
+        let me = std::process::id();
+        if let Some(path) = &self.inner.pid_file {
+            pidfile::write(path, me).map_err(|source| Error::PidFile {
+                path: path.clone(),
+                source,
+            })?;
         }
-        tracing::info!(pid = std::process::id(), "server started");
+        match parent {
+            None => notify::serving(),
+            Some(parent) => match readiness::notify_ready(parent.ready_pipe) {
+                Ok(()) => tracing::info!(parent = parent.pid, "reported ready to the old process"),
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    tracing::warn!(
+                        parent = parent.pid,
+                        "the old process is gone; serving alone"
+                    );
+                    notify::serving();
+                }
+                Err(e) => return Err(Error::Ready(e)),
+            },
+        }
+        tracing::info!(pid = me, "server started");
         Ok(())
     }
 
@@ -225,6 +258,9 @@ impl Octopus {
     /// new process has been killed and reaped; call it before exiting.
     pub async fn settle(&self) {
         self.inner.upgrader.settled().await;
+        if let Some(path) = &self.inner.pid_file {
+            pidfile::remove_if_names(path, std::process::id());
+        }
     }
 
     /// Closes this process's copies of its listeners. Call it on [`Stop::Shutdown`] once the
@@ -257,7 +293,10 @@ impl Handle {
                     tracing::warn!("upgrade refused: {e}")
                 }
                 UpgradeError::Cancelled { .. } => tracing::warn!("{e}"),
-                _ => tracing::error!("upgrade failed; the old process keeps serving: {e}"),
+                _ => {
+                    tracing::error!("upgrade failed; the old process keeps serving: {e}");
+                    notify::upgrade_ended(&format!("serving; upgrade failed: {e}"));
+                }
             }
         }
         result
@@ -271,6 +310,7 @@ impl Handle {
             State::Serving => {}
         }
         let permit = inner.upgrader.begin()?;
+        notify::reloading();
         let mut child = inner
             .upgrader
             .run(&permit, &inner.registry, &inner.cancel_upgrade)
@@ -292,10 +332,12 @@ impl Handle {
                     serving
                 });
                 if handed_over {
+                    notify::handed_over(pid);
                     tokio::spawn(watch_successor(inner.clone(), child));
                 }
             }
             AfterUpgrade::KeepServing => {
+                notify::upgrade_ended(&format!("serving beside new process {pid}"));
                 tracing::info!(
                     pid = me,
                     new_pid = pid,
@@ -346,6 +388,7 @@ impl Handle {
         if !first {
             return;
         }
+        notify::stopping();
         self.inner.cancel_upgrade.cancel();
         if delayed {
             let inner = self.inner.clone();
@@ -394,7 +437,14 @@ async fn watch_successor(inner: Arc<Inner>, mut child: OsChild) {
             }
             handed_over
         });
-    if !resumed {
+    if resumed {
+        notify::serving();
+        if let Some(path) = &inner.pid_file {
+            if let Err(e) = pidfile::write(path, std::process::id()) {
+                tracing::warn!(path = %path.display(), "cannot write the pid file: {e}");
+            }
+        }
+    } else {
         tracing::info!(pid, "process {pid} exited ({status})");
     }
 }
@@ -450,7 +500,8 @@ mod tests {
             args: vec![],
             cwd: "/".into(),
         };
-        let octopus = Octopus::assemble(&Config::new(), Vec::new(), Some(parent), start);
+        let octopus =
+            Octopus::assemble(&Config::new(), Vec::new(), Vec::new(), Some(parent), start);
         (octopus, read)
     }
 
@@ -506,7 +557,7 @@ mod tests {
             cwd: "/".into(),
         };
         let config = Config::new().pre_drain(std::time::Duration::from_millis(200));
-        let octopus = Octopus::assemble(&config, Vec::new(), Some(parent), start);
+        let octopus = Octopus::assemble(&config, Vec::new(), Vec::new(), Some(parent), start);
         octopus.ready().unwrap();
         let handle = octopus.handle();
         assert!(!handle.is_draining());

@@ -8,11 +8,15 @@
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::activation::Activated;
 use crate::error::Error;
 
 /// How many connections the kernel queues before the application accepts them.
@@ -126,41 +130,66 @@ impl FromStr for ListenerKey {
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     inherited: Mutex<Vec<(ListenerKey, OwnedFd)>>,
+    activated: Mutex<Vec<Activated>>,
     active: Mutex<Vec<(ListenerKey, OwnedFd)>>,
 }
 
 impl Registry {
-    pub fn new(inherited: Vec<(ListenerKey, OwnedFd)>) -> Self {
+    pub fn new(inherited: Vec<(ListenerKey, OwnedFd)>, activated: Vec<Activated>) -> Self {
         Registry {
             inherited: Mutex::new(inherited),
+            activated: Mutex::new(activated),
             active: Mutex::default(),
         }
     }
 
     /// The TCP listener for `key`: inherited if the previous process had it, else bound to `bind`.
     pub fn tcp(&self, key: ListenerKey, bind: &str) -> Result<TcpListener, Error> {
+        let fd = self.obtain(key, || bind_tcp(bind))?;
+        Ok(TcpListener::from(fd))
+    }
+
+    /// The Unix listener at `path`: inherited if the previous process had it, else bound fresh
+    /// (replacing a stale socket file) with permission bits `mode`.
+    pub fn unix(&self, path: &Path, mode: Option<u32>) -> Result<UnixListener, Error> {
+        let key = ListenerKey::unix(path.to_string_lossy());
+        let fd = self.obtain(key, || bind_unix(path, mode))?;
+        Ok(UnixListener::from(fd))
+    }
+
+    /// The socket for `key`, from the previous process, from systemd, or from `bind`; this
+    /// registry keeps a copy to hand over, the caller gets another.
+    fn obtain(
+        &self,
+        key: ListenerKey,
+        bind: impl FnOnce() -> Result<OwnedFd, Error>,
+    ) -> Result<OwnedFd, Error> {
         let mut active = lock(&self.active);
         if active.iter().any(|(k, _)| *k == key) {
             return Err(Error::DuplicateListener {
                 key: key.to_string(),
             });
         }
-        let fd = match self.take_inherited(&key) {
-            Some(fd) => {
-                let local = local_address(&fd);
-                tracing::info!(%key, address = %local, "listener adopted");
-                fd
-            }
-            None => {
-                let fd = bind_tcp(bind)?;
-                let local = local_address(&fd);
-                tracing::info!(%key, address = %local, "listener created");
-                fd
-            }
+        let fd = if let Some(fd) = self.take_inherited(&key) {
+            tracing::info!(%key, address = %local_address(&fd), "listener adopted");
+            fd
+        } else if let Some(activated) = self.take_activated(&key) {
+            tracing::info!(%key, name = %activated.name, address = %local_address(&activated.fd), "listener adopted from systemd");
+            activated.fd
+        } else {
+            let fd = bind()?;
+            tracing::info!(%key, address = %local_address(&fd), "listener created");
+            fd
         };
-        let listener = TcpListener::from(clone(&fd)?);
+        let copy = clone(&fd)?;
         active.push((key, fd));
-        Ok(listener)
+        Ok(copy)
+    }
+
+    fn take_activated(&self, key: &ListenerKey) -> Option<Activated> {
+        let mut activated = lock(&self.activated);
+        let at = activated.iter().position(|a| serves(key, a))?;
+        Some(activated.swap_remove(at))
     }
 
     fn take_inherited(&self, key: &ListenerKey) -> Option<OwnedFd> {
@@ -184,11 +213,15 @@ impl Registry {
         for (key, _) in lock(&self.inherited).drain(..) {
             tracing::warn!(%key, "inherited listener not asked for by this process; closing it");
         }
+        for activated in lock(&self.activated).drain(..) {
+            tracing::warn!(name = %activated.name, "socket passed by systemd matches no listener asked for; closing it");
+        }
     }
 
     /// Closes this process's copies of every listener.
     pub fn close_all(&self) {
         lock(&self.inherited).clear();
+        lock(&self.activated).clear();
         lock(&self.active).clear();
     }
 }
@@ -198,6 +231,25 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Whether a socket systemd passed is the one `key` asks for: by name, or by address.
+fn serves(key: &ListenerKey, activated: &Activated) -> bool {
+    if activated.name == key.address() {
+        return true;
+    }
+    let Ok(local) = socket2::SockRef::from(&activated.fd).local_addr() else {
+        return false;
+    };
+    match key.network() {
+        Network::Tcp => local
+            .as_socket()
+            .is_some_and(|actual| crate::fds::tcp_matches(key.address(), actual).is_ok()),
+        Network::Unix => local
+            .as_pathname()
+            .is_some_and(|path| path == Path::new(key.address())),
+        Network::Named => false,
+    }
 }
 
 fn local_address(fd: &OwnedFd) -> String {
@@ -260,6 +312,44 @@ fn bind_tcp_addr(address: SocketAddr) -> std::io::Result<OwnedFd> {
     Ok(socket.into())
 }
 
+/// Binds a Unix stream socket at `path`. A socket file nobody answers on is left over from a
+/// crashed run and is replaced; anything else at the path is never removed.
+fn bind_unix(path: &Path, mode: Option<u32>) -> Result<OwnedFd, Error> {
+    let address = path.display().to_string();
+    let bind_error = |source| Error::Bind {
+        address: address.clone(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(bind_error(std::io::ErrorKind::AddrInUse.into()));
+            }
+            Err(_) => {
+                tracing::info!(path = %address, "replacing a stale socket file");
+                std::fs::remove_file(path).map_err(bind_error)?;
+            }
+        },
+        Ok(_) => {
+            return Err(Error::Address {
+                address,
+                reason: "the path exists and is not a socket; remove it or pick another".into(),
+            })
+        }
+        Err(_) => {}
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(bind_error)?;
+    let address_of = socket2::SockAddr::unix(path).map_err(bind_error)?;
+    socket.bind(&address_of).map_err(bind_error)?;
+    if let Some(mode) = mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(bind_error)?;
+    }
+    socket.listen(BACKLOG).map_err(bind_error)?;
+    socket.set_nonblocking(true).map_err(bind_error)?;
+    Ok(socket.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,7 +371,7 @@ mod tests {
         let address = TcpListener::from(original.try_clone().unwrap())
             .local_addr()
             .unwrap();
-        let registry = Registry::new(vec![(ListenerKey::tcp("127.0.0.1:0"), original)]);
+        let registry = Registry::new(vec![(ListenerKey::tcp("127.0.0.1:0"), original)], vec![]);
         let listener = registry
             .tcp(ListenerKey::tcp("127.0.0.1:0"), "127.0.0.1:0")
             .unwrap();
@@ -310,11 +400,31 @@ mod tests {
     }
 
     #[test]
+    fn unix_socket_replaces_a_stale_file_but_not_a_live_one_or_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists(), "a crashed run leaves its socket file");
+        let registry = Registry::default();
+        let listener = registry.unix(&path, Some(0o600)).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let err = Registry::default().unix(&path, None).unwrap_err();
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(listener);
+        let file = dir.path().join("file");
+        std::fs::write(&file, "keep me").unwrap();
+        let err = Registry::default().unix(&file, None).unwrap_err();
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    }
+
+    #[test]
     fn handover_lists_active_listeners_only() {
-        let registry = Registry::new(vec![(
-            ListenerKey::named("old"),
-            bind_tcp("127.0.0.1:0").unwrap(),
-        )]);
+        let registry = Registry::new(
+            vec![(ListenerKey::named("old"), bind_tcp("127.0.0.1:0").unwrap())],
+            vec![],
+        );
         let listener = registry
             .tcp(ListenerKey::tcp("127.0.0.1:0"), "127.0.0.1:0")
             .unwrap();

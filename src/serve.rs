@@ -1,6 +1,7 @@
-//! The one-call HTTP entry: serve a tower service (an axum `Router` as is) gracefully.
+//! The one-call HTTP entry: serve a tower service (an axum `Router` as is) gracefully, on TCP,
+//! Unix domain sockets and TLS.
 
-use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +18,14 @@ use crate::connection::{serve_connection, BoxError};
 use crate::drain::{Drain, DrainReport};
 use crate::error::Error;
 use crate::lifecycle::{Octopus, Stop};
+use crate::stream::{AnyListener, AnyStream};
+#[cfg(feature = "tls")]
+use crate::tls::Handshake;
+
+/// No TLS in a build without the `tls` feature.
+#[cfg(not(feature = "tls"))]
+#[derive(Clone)]
+enum Handshake {}
 
 /// Serves a tower service over HTTP/1 and HTTP/2 on one or more addresses, gracefully.
 ///
@@ -37,9 +45,18 @@ use crate::lifecycle::{Octopus, Stop};
 #[derive(Default)]
 pub struct Server {
     config: Config,
-    addresses: Vec<String>,
-    listeners: Vec<std::net::TcpListener>,
+    endpoints: Vec<Endpoint>,
+    unix_mode: Option<u32>,
     octopus: Option<Octopus>,
+}
+
+/// Where to listen, as asked for.
+enum Endpoint {
+    Tcp(String),
+    Unix(PathBuf),
+    Listener(std::net::TcpListener),
+    #[cfg(feature = "tls")]
+    Tls(String, Arc<tokio_rustls::rustls::ServerConfig>),
 }
 
 /// Serves `service` on `address` with the default [`Config`] until a graceful shutdown: the
@@ -102,13 +119,40 @@ impl Server {
     /// # Ok(()) }
     /// ```
     pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
-        self.listeners.push(listener);
+        self.endpoints.push(Endpoint::Listener(listener));
         self
     }
 
     /// Adds a `HOST:PORT` to listen on (port 0: any free port, kept across upgrades).
     pub fn bind(mut self, address: impl Into<String>) -> Self {
-        self.addresses.push(address.into());
+        self.endpoints.push(Endpoint::Tcp(address.into()));
+        self
+    }
+
+    /// Adds a Unix domain socket to listen on. A stale socket file left by a crashed run is
+    /// replaced; a path in use by a live server, or that is not a socket, is an error. The path is
+    /// handed over on upgrades and never removed by a process that hands it over.
+    pub fn bind_unix(mut self, path: impl Into<PathBuf>) -> Self {
+        self.endpoints.push(Endpoint::Unix(path.into()));
+        self
+    }
+
+    /// Permission bits for the Unix sockets this server creates (e.g. `0o660`); by default the
+    /// process umask decides.
+    pub fn unix_mode(mut self, mode: u32) -> Self {
+        self.unix_mode = Some(mode);
+        self
+    }
+
+    /// Adds a TLS listener on `HOST:PORT`, with a configuration such as
+    /// [`tls_config_from_files`](crate::tls_config_from_files) makes (ALPN `h2` and `http/1.1`).
+    #[cfg(feature = "tls")]
+    pub fn bind_tls(
+        mut self,
+        address: impl Into<String>,
+        config: Arc<tokio_rustls::rustls::ServerConfig>,
+    ) -> Self {
+        self.endpoints.push(Endpoint::Tls(address.into(), config));
         self
     }
 
@@ -128,23 +172,18 @@ impl Server {
     {
         let octopus = match self.octopus {
             Some(octopus) => octopus,
-            None if self.listeners.is_empty() => Octopus::new(self.config.clone())?,
+            None if !self
+                .endpoints
+                .iter()
+                .any(|e| matches!(e, Endpoint::Listener(_))) =>
+            {
+                Octopus::new(self.config.clone())?
+            }
             None => return Err(Error::ListenerWithoutOctopus),
         };
-        let mut std_listeners = self.listeners;
-        for address in &self.addresses {
-            std_listeners.push(octopus.listen_tcp(address)?);
-        }
-        let mut listeners = Vec::with_capacity(std_listeners.len());
-        for std_listener in std_listeners {
-            let listener = TcpListener::from_std(std_listener).map_err(|source| Error::Io {
-                what: "cannot register a listener with the runtime",
-                source,
-            })?;
-            if let Ok(local) = listener.local_addr() {
-                tracing::info!("listening on {local}");
-            }
-            listeners.push(listener);
+        let mut listeners = Vec::with_capacity(self.endpoints.len());
+        for endpoint in self.endpoints {
+            listeners.push(open(&octopus, endpoint, self.unix_mode)?);
         }
         let mut http = Http {
             builder: Arc::new(auto::Builder::new(TokioExecutor::new())),
@@ -159,13 +198,15 @@ impl Server {
             let stop_accepting = CancellationToken::new();
             let accept_loops: Vec<_> = listeners
                 .drain(..)
-                .map(|listener| {
+                .map(|(listener, tls): (AnyListener, Option<Handshake>)| {
                     let http = http.clone();
-                    tokio::spawn(accept_loop(
+                    let for_loop = tls.clone();
+                    let accepting = tokio::spawn(accept_loop(
                         listener,
                         stop_accepting.clone(),
-                        move |stream, peer| http.spawn_connection(stream, peer),
-                    ))
+                        move |stream, peer| http.spawn_connection(stream, peer, for_loop.clone()),
+                    ));
+                    (accepting, tls)
                 })
                 .collect();
             if std::mem::take(&mut first) {
@@ -173,15 +214,17 @@ impl Server {
             }
             let stop = octopus.stopped().await;
             stop_accepting.cancel();
-            for accept_loop in accept_loops {
+            for (accept_loop, tls) in accept_loops {
                 if let Ok(listener) = accept_loop.await {
-                    listeners.push(listener);
+                    listeners.push((listener, tls));
                 }
             }
             if stop == Stop::Shutdown {
                 octopus.close_listeners();
-                for listener in listeners.drain(..) {
-                    accept_queued(listener, |stream, peer| http.spawn_connection(stream, peer));
+                for (listener, tls) in listeners.drain(..) {
+                    accept_queued(&listener, |stream, peer| {
+                        http.spawn_connection(stream, peer, tls.clone())
+                    });
                 }
                 break http.drain.run(drain_timeout).await;
             }
@@ -238,19 +281,66 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr) {
-        // Small responses go out at once instead of waiting for Nagle's algorithm.
-        let _ = stream.set_nodelay(true);
+    fn spawn_connection(&self, stream: AnyStream, peer: String, tls: Option<Handshake>) {
         let builder = self.builder.clone();
         let service = self.service.clone();
         let drain = self.drain.clone();
         let idle_grace = self.idle_grace;
         self.drain.spawn(move |draining| async move {
-            if let Err(e) =
-                serve_connection(&builder, stream, service, drain, draining, idle_grace).await
-            {
+            let served = match tls {
+                None => {
+                    serve_connection(&builder, stream, service, drain, draining, idle_grace).await
+                }
+                #[cfg(feature = "tls")]
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => {
+                        serve_connection(&builder, stream, service, drain, draining, idle_grace)
+                            .await
+                    }
+                    Err(e) => Err(format!("TLS handshake failed: {e}").into()),
+                },
+                #[cfg(not(feature = "tls"))]
+                Some(never) => match never {},
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, "connection ended with an error: {e}");
             }
         });
     }
+}
+
+/// Opens what an endpoint asks for, through `octopus` so it is handed over on upgrades.
+fn open(
+    octopus: &Octopus,
+    endpoint: Endpoint,
+    unix_mode: Option<u32>,
+) -> Result<(AnyListener, Option<Handshake>), Error> {
+    let register = |source| Error::Io {
+        what: "cannot register a listener with the runtime",
+        source,
+    };
+    let tcp = |listener: std::net::TcpListener| {
+        tokio::net::TcpListener::from_std(listener)
+            .map(AnyListener::Tcp)
+            .map_err(register)
+    };
+    let (listener, tls) = match endpoint {
+        Endpoint::Tcp(address) => (tcp(octopus.listen_tcp(&address)?)?, None),
+        Endpoint::Listener(listener) => (tcp(listener)?, None),
+        Endpoint::Unix(path) => {
+            let listener = octopus.listen_unix(&path, unix_mode)?;
+            let listener = tokio::net::UnixListener::from_std(listener).map_err(register)?;
+            (AnyListener::Unix(listener), None)
+        }
+        #[cfg(feature = "tls")]
+        // Named apart from a plain listener on the same address, so that `-p 0` and a TLS port 0
+        // are two listeners.
+        Endpoint::Tls(address, config) => (
+            tcp(octopus.listen_tcp_named(&format!("tls {address}"), &address)?)?,
+            Some(Handshake::new(config)),
+        ),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(scheme, "listening on {}", listener.describe());
+    Ok((listener, tls))
 }

@@ -41,17 +41,30 @@ pub(crate) fn action_for(name: &str, kill_master: bool) -> Option<Action> {
     }
 }
 
-/// Installs the handlers now (so a signal that arrives during start-up is not fatal) and serves
-/// them from a task for the rest of the process's life.
-pub(crate) fn install(handle: Handle, kill_master: bool) -> Result<(), Error> {
-    let mut streams: Vec<(&'static str, Signal)> = Vec::with_capacity(HANDLED.len());
-    for (name, kind) in HANDLED {
-        let stream = signal(kind).map_err(|source| Error::Signal {
-            signal: name,
-            source,
-        })?;
-        streams.push((name, stream));
+/// The handled signals, caught from the moment this exists: a signal that arrives during
+/// start-up waits here instead of killing the process.
+pub(crate) struct Handlers(Vec<(&'static str, Signal)>);
+
+impl Handlers {
+    pub fn install() -> Result<Self, Error> {
+        let mut streams = Vec::with_capacity(HANDLED.len());
+        for (name, kind) in HANDLED {
+            let stream = signal(kind).map_err(|source| Error::Signal {
+                signal: name,
+                source,
+            })?;
+            streams.push((name, stream));
+        }
+        Ok(Handlers(streams))
     }
+
+    /// Acts on the signals, from a task, for the rest of the process's life.
+    pub fn serve(self, handle: Handle, kill_master: bool) {
+        serve(self.0, handle, kill_master);
+    }
+}
+
+fn serve(mut streams: Vec<(&'static str, Signal)>, handle: Handle, kill_master: bool) {
     tokio::spawn(async move {
         loop {
             let received = std::future::poll_fn(|cx| {
@@ -76,7 +89,6 @@ pub(crate) fn install(handle: Handle, kill_master: bool) -> Result<(), Error> {
             }
         }
     });
-    Ok(())
 }
 
 #[cfg(test)]

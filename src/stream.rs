@@ -1,0 +1,125 @@
+//! The kinds of socket a server accepts on: TCP and Unix domain stream sockets.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+/// A listening socket of either kind.
+#[derive(Debug)]
+pub(crate) enum AnyListener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// An accepted connection of either kind.
+#[derive(Debug)]
+pub(crate) enum AnyStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AnyListener {
+    pub async fn accept(&self) -> io::Result<(AnyStream, String)> {
+        match self {
+            AnyListener::Tcp(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                // Small responses go out at once instead of waiting for Nagle's algorithm.
+                let _ = stream.set_nodelay(true);
+                Ok((AnyStream::Tcp(stream), peer.to_string()))
+            }
+            AnyListener::Unix(listener) => {
+                let (stream, _) = listener.accept().await?;
+                Ok((AnyStream::Unix(stream), "unix".into()))
+            }
+        }
+    }
+
+    /// Accepts one connection the kernel already queued, without waiting.
+    pub fn accept_now(&self) -> io::Result<AnyStream> {
+        match self {
+            AnyListener::Tcp(listener) => {
+                let fd = socket2::SockRef::from(listener);
+                let (socket, _) = fd.accept()?;
+                socket.set_nonblocking(true)?;
+                let stream = TcpStream::from_std(socket.into())?;
+                let _ = stream.set_nodelay(true);
+                Ok(AnyStream::Tcp(stream))
+            }
+            AnyListener::Unix(listener) => {
+                let fd = socket2::SockRef::from(listener);
+                let (socket, _) = fd.accept()?;
+                socket.set_nonblocking(true)?;
+                Ok(AnyStream::Unix(UnixStream::from_std(socket.into())?))
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            AnyListener::Tcp(listener) => listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|e| format!("an unknown address ({e})")),
+            AnyListener::Unix(listener) => listener
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+                .unwrap_or_else(|| "an unnamed Unix socket".into()),
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $stream:ident => $call:expr) => {
+        match $self.get_mut() {
+            AnyStream::Tcp($stream) => $call,
+            AnyStream::Unix($stream) => $call,
+        }
+    };
+}
+
+impl AsyncRead for AnyStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for AnyStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            AnyStream::Tcp(s) => s.is_write_vectored(),
+            AnyStream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
