@@ -1,0 +1,140 @@
+//! An axum application served gracefully: shared state, and a `/ready` route for load balancers.
+//!
+//! ```text
+//! cargo run --example axum -- -h 127.0.0.1 -p 3000 --pre-drain 5
+//! curl http://127.0.0.1:3000/hits       # requests served by this process so far
+//! kill -HUP $(curl -s http://127.0.0.1:3000/pid)    # upgrade: no request fails
+//! kill -TERM <pid>                      # /ready answers 503 for 5 s while serving, then drain
+//! ```
+//!
+//! Routes: `GET /ping` answers `pong`, `GET /pid` the answering process id, `GET /hits` how many
+//! requests this process answered, `GET /ready` `200 ready` while serving and `503 draining` once a
+//! shutdown (including its pre-drain delay) or a hand-over began.
+//!
+//! The state lives in the process: a new generation starts counting from zero.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use clap::Parser;
+use octopus::{Config, Handle, Octopus, Server};
+
+/// A graceful axum server: SIGHUP upgrades, SIGINT/SIGTERM shut down gracefully.
+#[derive(Debug, Parser)]
+#[command(name = "axum", disable_help_flag = true)]
+struct Args {
+    /// Host to listen on
+    #[arg(short = 'h', long = "host", default_value = "localhost")]
+    host: String,
+
+    /// Port to listen on (0: any free port, kept across upgrades)
+    #[arg(short = 'p', long = "port", default_value_t = 3000)]
+    port: u16,
+
+    /// Seconds a shutdown keeps accepting while /ready answers 503, before draining
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = seconds)]
+    pre_drain: f64,
+
+    /// Seconds in-flight requests get to finish on shutdown or upgrade
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = seconds)]
+    drain_timeout: f64,
+
+    /// Print help
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(secs),
+        _ => Err(format!("{text:?} is not a number of seconds")),
+    }
+}
+
+/// Shared by every request of this process.
+#[derive(Clone)]
+struct AppState {
+    hits: Arc<AtomicU64>,
+    /// Tells `/ready` whether this generation is on its way out.
+    octopus: Handle,
+}
+
+async fn count(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    state.hits.fetch_add(1, Ordering::Relaxed);
+    next.run(request).await
+}
+
+async fn ping() -> &'static str {
+    "pong\n"
+}
+
+async fn pid() -> String {
+    format!("{}\n", std::process::id())
+}
+
+async fn hits(State(state): State<AppState>) -> String {
+    format!("{}\n", state.hits.load(Ordering::Relaxed))
+}
+
+async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.octopus.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        (StatusCode::OK, "ready\n")
+    }
+}
+
+fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/ping", get(ping))
+        .route("/pid", get(pid))
+        .route("/hits", get(hits))
+        .route("/ready", get(ready))
+        .layer(middleware::from_fn_with_state(state.clone(), count))
+        .with_state(state)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let address = if args.host.contains(':') {
+        format!("[{}]:{}", args.host, args.port)
+    } else {
+        format!("{}:{}", args.host, args.port)
+    };
+    let config = Config::new()
+        .pre_drain(Duration::from_secs_f64(args.pre_drain))
+        .drain_timeout(Duration::from_secs_f64(args.drain_timeout));
+    let served = async {
+        // Made here rather than by the server, so the routes can hold its handle.
+        let octopus = Octopus::new(config.clone())?;
+        let state = AppState {
+            hits: Arc::default(),
+            octopus: octopus.handle(),
+        };
+        Server::new(config)
+            .octopus(octopus)
+            .bind(address)
+            .serve(app(state))
+            .await
+    };
+    match served.await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
