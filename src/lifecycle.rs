@@ -75,27 +75,35 @@ struct Inner {
 /// use std::time::Duration;
 ///
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// // Inherits the listeners of the previous process, if any, and installs the signal handlers.
+/// // Installs the signal handlers and adopts the listeners of the previous process, if any.
 /// let octopus = Octopus::new(Config::new())?;
 /// let listener = tokio::net::TcpListener::from_std(octopus.listen_tcp("127.0.0.1:7000")?)?;
 /// let drain = Drain::new();
-/// let accept = {
-///     let drain = drain.clone();
-///     tokio::spawn(async move {
-///         while let Ok((socket, _)) = listener.accept().await {
-///             drain.spawn(|draining| async move { /* serve `socket` until `draining` */ });
-///         }
-///     })
+/// // The socket listens already: the previous process, if any, may now hand over and drain.
+/// octopus.ready()?;
+/// let stop = loop {
+///     tokio::select! {
+///         stop = octopus.stopped() => break stop,
+///         Ok((socket, _)) = listener.accept() => drain.spawn(|draining| async move {
+///             // Serve `socket`; once `draining.wait()` resolves, finish the exchange and close.
+///             # let _ = (socket, draining);
+///         }),
+///     }
 /// };
-/// octopus.ready()?; // the previous process, if any, now drains and exits
-/// let stop = octopus.stopped().await;
-/// accept.abort();
 /// if stop == Stop::Shutdown {
+///     // Refuse new connections. After an upgrade, keep the socket: the successor serves it,
+///     // and `octopus.resumed()` tells if it dies while this process still drains.
 ///     octopus.close_listeners();
+///     drop(listener);
 /// }
 /// drain.run(Duration::from_secs(5)).await;
+/// octopus.settle().await;
 /// # Ok(()) }
 /// ```
+///
+/// `examples/echo.rs` is the complete version, resuming included. [`Config::drain_timeout`] and
+/// the `server shut down` log line belong to [`Server`](crate::Server); at this level, pass the
+/// timeout to [`Drain::run`](crate::Drain::run) and log the end yourself.
 #[derive(Clone)]
 pub struct Octopus {
     inner: Arc<Inner>,
