@@ -29,6 +29,34 @@ use crate::drain::{Drain, Draining, Hold};
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
+/// A tower service octopus can serve over HTTP: any `Service<Request<Incoming>>` whose response
+/// body and errors hyper can use, such as an axum `Router`. Implemented for every such service.
+pub trait HttpService:
+    tower_service::Service<
+        Request<Incoming>,
+        Response = Response<Self::ResponseBody>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+    /// The body of the responses.
+    type ResponseBody: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static;
+}
+
+impl<S, B> HttpService for S
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type ResponseBody = B;
+}
+
 /// What the request side learns about a connection and its byte stream must know.
 #[derive(Default)]
 struct Shared {
@@ -38,7 +66,7 @@ struct Shared {
 }
 
 /// Serves one connection with `service` until it ends, the drain retires it, or the drain cuts it.
-pub(crate) async fn serve_connection<S, B, IO>(
+pub(crate) async fn serve_connection<S, IO>(
     builder: &auto::Builder<TokioExecutor>,
     stream: IO,
     service: S,
@@ -47,12 +75,7 @@ pub(crate) async fn serve_connection<S, B, IO>(
     idle_grace: Duration,
 ) -> Result<(), BoxError>
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = Arc::new(Shared::default());

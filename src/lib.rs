@@ -100,6 +100,7 @@ mod tls;
 mod upgrade;
 
 pub use config::Config;
+pub use connection::HttpService;
 pub use drain::{Drain, DrainReport, Draining, Hold};
 pub use error::{Error, InheritError, UpgradeError};
 pub use lifecycle::{AfterUpgrade, Handle, Octopus, Stop};

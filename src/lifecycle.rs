@@ -496,7 +496,8 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
 
-    fn started_by_upgrade() -> (Octopus, OwnedFd) {
+    /// A generation as if started by an upgrade, and the read end of its readiness pipe.
+    fn started_by_upgrade_with(config: &Config) -> (Octopus, OwnedFd) {
         let (read, write) = readiness::pipe().unwrap();
         let parent = Parent {
             pid: 1,
@@ -508,9 +509,12 @@ mod tests {
             args: vec![],
             cwd: "/".into(),
         };
-        let octopus =
-            Octopus::assemble(&Config::new(), Vec::new(), Vec::new(), Some(parent), start);
+        let octopus = Octopus::assemble(config, Vec::new(), Vec::new(), Some(parent), start);
         (octopus, read)
+    }
+
+    fn started_by_upgrade() -> (Octopus, OwnedFd) {
+        started_by_upgrade_with(&Config::new())
     }
 
     fn reported_ready(read: &OwnedFd) -> bool {
@@ -552,20 +556,8 @@ mod tests {
 
     #[tokio::test]
     async fn pre_drain_keeps_accepting_while_reporting_draining() {
-        let (read, write) = readiness::pipe().unwrap();
-        drop(read);
-        let parent = Parent {
-            pid: 1,
-            ready_pipe: write,
-        };
-        let start = StartInfo {
-            program: "/bin/false".into(),
-            argv0: "false".into(),
-            args: vec![],
-            cwd: "/".into(),
-        };
         let config = Config::new().pre_drain(std::time::Duration::from_millis(200));
-        let octopus = Octopus::assemble(&config, Vec::new(), Vec::new(), Some(parent), start);
+        let (octopus, _read) = started_by_upgrade_with(&config);
         octopus.ready().unwrap();
         let handle = octopus.handle();
         assert!(!handle.is_draining());

@@ -5,8 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::task::JoinHandle;
@@ -14,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accept::{accept_loop, accept_queued};
 use crate::config::Config;
-use crate::connection::{serve_connection, BoxError};
+use crate::connection::{serve_connection, HttpService};
 use crate::drain::{Drain, DrainReport};
 use crate::error::Error;
 use crate::lifecycle::{Octopus, Stop};
@@ -68,15 +66,7 @@ enum Endpoint {
 /// octopus::serve("127.0.0.1:8080", app).await?;
 /// # Ok(()) }
 /// ```
-pub async fn serve<S, B>(address: &str, service: S) -> Result<DrainReport, Error>
-where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
+pub async fn serve<S: HttpService>(address: &str, service: S) -> Result<DrainReport, Error> {
     Server::new(Config::new())
         .bind(address)
         .serve(service)
@@ -158,18 +148,7 @@ impl Server {
 
     /// Serves until this generation stops (shutdown, or hand-over to a new process), then drains.
     /// Returns once the drain is over; the caller then exits with status 0.
-    pub async fn serve<S, B>(self, service: S) -> Result<DrainReport, Error>
-    where
-        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
+    pub async fn serve<S: HttpService>(self, service: S) -> Result<DrainReport, Error> {
         let octopus = match self.octopus {
             Some(octopus) => octopus,
             None if !self
@@ -272,15 +251,7 @@ impl<S: Clone> Clone for Http<S> {
     }
 }
 
-impl<S, B> Http<S>
-where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
+impl<S: HttpService> Http<S> {
     fn spawn_connection(&self, stream: AnyStream, peer: String, tls: Option<Handshake>) {
         let builder = self.builder.clone();
         let service = self.service.clone();

@@ -32,6 +32,23 @@ fn rotate(staged: &Path, live: &Path) {
     std::fs::rename(live.with_extension("new"), live).unwrap();
 }
 
+/// Starts the example with a plain listener and a TLS one, both on free ports.
+fn start_with_tls(cert: &Path, key: &Path) -> Hello {
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    Hello::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--tls-port",
+        "0",
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+    ])
+}
+
 fn tls_port(server: &Hello) -> u16 {
     server.wait_for(&["server started"]);
     let line = server.wait_for(&["listening on", "scheme=\"https\""]);
@@ -111,19 +128,7 @@ async fn tls_offers_h2_and_http1_and_a_rotated_certificate_is_served_after_an_up
     let live_key = certs.path().join("live-key.pem");
     rotate(&cert_a, &live_cert);
     rotate(&key_a, &live_key);
-    let args = [
-        "-h",
-        "127.0.0.1",
-        "-p",
-        "0",
-        "--tls-port",
-        "0",
-        "--tls-cert",
-        live_cert.to_str().unwrap(),
-        "--tls-key",
-        live_key.to_str().unwrap(),
-    ];
-    let server = Hello::start(&args);
+    let server = start_with_tls(&live_cert, &live_key);
     server.port();
     let port = tls_port(&server);
     let first = server.first_pid();
@@ -153,19 +158,7 @@ async fn tls_offers_h2_and_http1_and_a_rotated_certificate_is_served_after_an_up
 async fn a_broken_certificate_at_upgrade_is_rolled_back() {
     let certs = tempfile::tempdir().unwrap();
     let (cert, key, der) = write_certificate(certs.path(), "a");
-    let args = [
-        "-h",
-        "127.0.0.1",
-        "-p",
-        "0",
-        "--tls-port",
-        "0",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ];
-    let server = Hello::start(&args);
+    let server = start_with_tls(&cert, &key);
     let port = tls_port(&server);
     std::fs::write(&cert, "not a certificate").unwrap();
     signal(server.first_pid(), Signal::HUP);
@@ -237,19 +230,7 @@ async fn h2c_drain_sends_goaway_and_lets_open_streams_finish() {
 async fn h2_over_tls_drain_sends_goaway_and_lets_open_streams_finish() {
     let certs = tempfile::tempdir().unwrap();
     let (cert, key, der) = write_certificate(certs.path(), "a");
-    let args = [
-        "-h",
-        "127.0.0.1",
-        "-p",
-        "0",
-        "--tls-port",
-        "0",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ];
-    let server = Hello::start(&args);
+    let server = start_with_tls(&cert, &key);
     let port = tls_port(&server);
     let client = Client::new(&[&der], &[b"h2"]);
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
