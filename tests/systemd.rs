@@ -55,6 +55,7 @@ fn socket_activated_listener_is_adopted_then_handed_over_on_upgrade() {
     let inode = eventually_listening(port);
     let first = pid_answering(port);
     server.own(first);
+    server.wait_for(&["server started"]);
     let adopted = server.wait_for(&["listener adopted from systemd"]);
     assert!(adopted.contains("name=web"), "{adopted}");
     assert!(
