@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -165,7 +165,7 @@ impl Server {
             listeners.push(open(&octopus, endpoint, self.unix_mode)?);
         }
         let mut http = Http {
-            builder: Arc::new(auto::Builder::new(TokioExecutor::new())),
+            builder: Arc::new(http_builder()),
             service,
             drain: Drain::new(),
             idle_grace: self.config.idle_grace.min(self.config.drain_timeout),
@@ -278,6 +278,15 @@ impl<S: HttpService> Http<S> {
             }
         });
     }
+}
+
+/// HTTP/1 and HTTP/2 with a timer, so hyper's timeouts apply: a client that never finishes its
+/// request head is dropped after 30 s instead of holding a connection (and a drain) forever.
+fn http_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    builder
 }
 
 /// Opens what an endpoint asks for, through `octopus` so it is handed over on upgrades.
