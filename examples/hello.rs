@@ -13,6 +13,7 @@
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -83,10 +84,11 @@ fn seconds(text: &str) -> Result<f64, String> {
     }
 }
 
-async fn route(
-    handle: Handle,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+/// The handle of this generation, for `/ready`. Set once at start: the service itself stays
+/// zero-sized, so the per-request clone tower makes costs nothing.
+static HANDLE: OnceLock<Handle> = OnceLock::new();
+
+async fn route(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     if request.method() != Method::GET {
         return Ok(reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -96,7 +98,7 @@ async fn route(
     let response = match request.uri().path() {
         "/ping" => reply(StatusCode::OK, "pong\n".into()),
         "/pid" => reply(StatusCode::OK, format!("{}\n", std::process::id())),
-        "/ready" if handle.is_draining() => {
+        "/ready" if HANDLE.get().is_some_and(Handle::is_draining) => {
             reply(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
         }
         "/ready" => reply(StatusCode::OK, "ready\n".into()),
@@ -149,8 +151,8 @@ async fn main() -> ExitCode {
     }
     let served = async {
         let octopus = Octopus::new(config.clone())?;
-        let handle = octopus.handle();
-        let service = tower::service_fn(move |request| route(handle.clone(), request));
+        let _ = HANDLE.set(octopus.handle());
+        let service = tower::service_fn(route);
         let mut server = Server::new(config)
             .octopus(octopus)
             .bind(address(args.port));

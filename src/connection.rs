@@ -57,9 +57,11 @@ where
     type ResponseBody = B;
 }
 
-/// What the request side learns about a connection and its byte stream must know.
-#[derive(Default)]
+/// One connection's state, shared by its request handling and its byte stream. Requests touch
+/// only this (one per connection), never state shared by all connections.
 struct Shared {
+    draining: Draining,
+    drain: Drain,
     http2: AtomicBool,
     /// Set once a response hands the connection to the application (101 or CONNECT).
     upgraded: OnceLock<Hold>,
@@ -78,11 +80,14 @@ where
     S: HttpService,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let shared = Arc::new(Shared::default());
-    let service = CloseWhenDraining {
-        inner: TowerToHyperService::new(service),
+    let shared = Arc::new(Shared {
         draining: draining.clone(),
         drain,
+        http2: AtomicBool::new(false),
+        upgraded: OnceLock::new(),
+    });
+    let service = CloseWhenDraining {
+        inner: TowerToHyperService::new(service),
         shared: shared.clone(),
     };
     let io = UpgradableIo {
@@ -109,8 +114,6 @@ where
 /// Marks HTTP/1 responses `Connection: close` once the drain has started, and notices upgrades.
 struct CloseWhenDraining<S> {
     inner: S,
-    draining: Draining,
-    drain: Drain,
     shared: Arc<Shared>,
 }
 
@@ -131,8 +134,6 @@ where
         CloseWhenDrainingFuture {
             inner: self.inner.call(request),
             watch: http1.then(|| Http1Watch {
-                draining: self.draining.clone(),
-                drain: self.drain.clone(),
                 shared: self.shared.clone(),
                 connect,
             }),
@@ -141,8 +142,6 @@ where
 }
 
 struct Http1Watch {
-    draining: Draining,
-    drain: Drain,
     shared: Arc<Shared>,
     connect: bool,
 }
@@ -167,8 +166,8 @@ where
         if let Some(watch) = this.watch.as_ref() {
             let status = response.status();
             if status == StatusCode::SWITCHING_PROTOCOLS || (watch.connect && status.is_success()) {
-                let _ = watch.shared.upgraded.set(watch.drain.hold());
-            } else if watch.draining.is_draining() {
+                let _ = watch.shared.upgraded.set(watch.shared.drain.hold());
+            } else if watch.shared.draining.is_draining() {
                 response
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -6,6 +6,8 @@
 //! closes their sockets.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -35,23 +37,30 @@ const AFTER_CUT: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, Default)]
 pub struct Drain {
     tracker: TaskTracker,
+    started: Arc<AtomicBool>,
     draining: CancellationToken,
     cut_now: CancellationToken,
 }
 
 /// Tells a connection task that the drain has started.
+///
+/// Each task gets its own: checking and waiting touch only state of that task (a child token and
+/// a flag written once), so thousands of busy connections do not contend on a shared lock.
 #[derive(Debug, Clone)]
-pub struct Draining(CancellationToken);
+pub struct Draining {
+    started: Arc<AtomicBool>,
+    signal: CancellationToken,
+}
 
 impl Draining {
     /// Resolves once the drain has started.
     pub async fn wait(&self) {
-        self.0.cancelled().await
+        self.signal.cancelled().await
     }
 
     /// Whether the drain has started.
     pub fn is_draining(&self) -> bool {
-        self.0.is_cancelled()
+        self.started.load(Ordering::Acquire)
     }
 }
 
@@ -112,7 +121,7 @@ impl Drain {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let work = task(self.draining());
-        let cut_now = self.cut_now.clone();
+        let cut_now = self.cut_now.child_token();
         self.tracker.spawn(async move {
             tokio::select! {
                 biased;
@@ -130,9 +139,12 @@ impl Drain {
         }
     }
 
-    /// The signal connection tasks watch.
+    /// A signal for one connection task to watch.
     pub fn draining(&self) -> Draining {
-        Draining(self.draining.clone())
+        Draining {
+            started: self.started.clone(),
+            signal: self.draining.child_token(),
+        }
     }
 
     /// How many connection tasks and holds are alive.
@@ -144,6 +156,7 @@ impl Drain {
     /// passed, when the rest are cut. Ends as soon as the last connection is done.
     pub async fn run(&self, timeout: Duration) -> DrainReport {
         let started = Instant::now();
+        self.started.store(true, Ordering::Release);
         self.draining.cancel();
         self.tracker.close();
         let open_at_start = self.tracker.len();
