@@ -69,6 +69,8 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_ansi(false)
         .with_writer(std::io::stderr)
+        // A closed stderr must not panic the task that logs (the signal handler, say).
+        .log_internal_errors(false)
         .init();
     let address = if args.host.contains(':') {
         format!("[{}]:{}", args.host, args.port)

@@ -76,17 +76,19 @@ fn serve(mut streams: Vec<(&'static str, Signal)>, handle: Handle, kill_master: 
                 std::task::Poll::Pending
             })
             .await;
-            tracing::info!(pid = std::process::id(), "signal received: {received}");
-            match action_for(received, kill_master) {
-                Some(Action::Upgrade(after)) => {
-                    let handle = handle.clone();
-                    tokio::spawn(async move {
+            // Each signal is acted on in a task of its own: if the application's logging panics
+            // (a subscriber writing to a closed stderr), that task dies, not the signal handling.
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                tracing::info!(pid = std::process::id(), "signal received: {received}");
+                match action_for(received, kill_master) {
+                    Some(Action::Upgrade(after)) => {
                         let _ = handle.upgrade(after).await;
-                    });
+                    }
+                    Some(Action::Shutdown) => handle.shutdown(),
+                    None => {}
                 }
-                Some(Action::Shutdown) => handle.shutdown(),
-                None => {}
-            }
+            });
         }
     });
 }

@@ -142,3 +142,44 @@ fn pre_drain_keeps_accepting_while_ready_reports_draining_then_drains() {
     assert!(started.elapsed() >= Duration::from_millis(1500));
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+#[test]
+fn signals_still_work_after_stderr_is_closed() {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(hello_binary())
+        .args(["-h", "127.0.0.1", "-p", "0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = None;
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(address) = line.split("listening on ").nth(1) {
+            let address = address.split_whitespace().next().unwrap();
+            port = Some(address.parse::<std::net::SocketAddr>().unwrap().port());
+        }
+        if line.contains("server started") {
+            break;
+        }
+    }
+    let port = port.expect("the server logs its address");
+    // The reader of the log goes away, as when a terminal or a log collector is closed.
+    drop(lines);
+    assert_eq!(get(port, "/ping").unwrap().status, 200);
+    signal(child.id(), Signal::TERM);
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("SIGTERM was ignored once stderr was closed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status:?}");
+}
