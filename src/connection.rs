@@ -23,9 +23,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::drain::{Drain, Draining, Hold};
+use crate::trigger::Fired;
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -97,12 +97,15 @@ where
     };
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
+    // `biased`: poll in order, without the random start a fair select draws on every wake-up.
     tokio::select! {
+        biased;
         result = connection.as_mut() => return result,
         () = draining.wait() => {}
     }
     if !shared.http2.load(Ordering::Relaxed) {
         tokio::select! {
+            biased;
             result = connection.as_mut() => return result,
             () = tokio::time::sleep(idle_grace) => {}
         }
@@ -181,7 +184,7 @@ where
 struct UpgradableIo<IO> {
     inner: IO,
     shared: Arc<Shared>,
-    cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    cut: Option<Pin<Box<Fired>>>,
 }
 
 impl<IO> UpgradableIo<IO> {
@@ -190,7 +193,7 @@ impl<IO> UpgradableIo<IO> {
         let Some(hold) = self.shared.upgraded.get() else {
             return false;
         };
-        let cut = self.cut.get_or_insert_with(|| Box::pin(hold.cut()));
+        let cut = self.cut.get_or_insert_with(|| Box::pin(hold.cut_signal()));
         cut.as_mut().poll(cx).is_ready()
     }
 }

@@ -6,14 +6,13 @@
 //! closes their sockets.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
+
+use crate::trigger::{Fired, Trigger};
 
 /// How long cut connections get to notice and close before the drain stops waiting for them.
 const AFTER_CUT: Duration = Duration::from_millis(500);
@@ -37,30 +36,26 @@ const AFTER_CUT: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, Default)]
 pub struct Drain {
     tracker: TaskTracker,
-    started: Arc<AtomicBool>,
-    draining: CancellationToken,
-    cut_now: CancellationToken,
+    draining: Trigger,
+    cut_now: Trigger,
 }
 
 /// Tells a connection task that the drain has started.
 ///
-/// Each task gets its own: checking and waiting touch only state of that task (a child token and
-/// a flag written once), so thousands of busy connections do not contend on a shared lock.
+/// Checking it reads one atomic flag, and a waiting task re-polled for every request takes no
+/// lock, so busy connections do not contend with each other.
 #[derive(Debug, Clone)]
-pub struct Draining {
-    started: Arc<AtomicBool>,
-    signal: CancellationToken,
-}
+pub struct Draining(Trigger);
 
 impl Draining {
     /// Resolves once the drain has started.
     pub async fn wait(&self) {
-        self.signal.cancelled().await
+        self.0.wait().await
     }
 
     /// Whether the drain has started.
     pub fn is_draining(&self) -> bool {
-        self.started.load(Ordering::Acquire)
+        self.0.is_fired()
     }
 }
 
@@ -69,18 +64,22 @@ impl Draining {
 #[derive(Debug)]
 pub struct Hold {
     _token: TaskTrackerToken,
-    cut: CancellationToken,
+    cut: Trigger,
 }
 
 impl Hold {
     /// Resolves at the drain deadline, when the held work must stop.
-    pub fn cut(&self) -> WaitForCancellationFutureOwned {
-        self.cut.clone().cancelled_owned()
+    pub fn cut(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.cut.wait()
     }
 
     /// Whether the drain deadline has passed.
     pub fn is_cut(&self) -> bool {
-        self.cut.is_cancelled()
+        self.cut.is_fired()
+    }
+
+    pub(crate) fn cut_signal(&self) -> Fired {
+        self.cut.wait()
     }
 }
 
@@ -121,12 +120,12 @@ impl Drain {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let work = task(self.draining());
-        let cut_now = self.cut_now.child_token();
+        let cut_now = self.cut_now.wait();
         self.tracker.spawn(async move {
             tokio::select! {
                 biased;
                 () = work => {}
-                () = cut_now.cancelled() => {}
+                () = cut_now => {}
             }
         });
     }
@@ -141,10 +140,7 @@ impl Drain {
 
     /// A signal for one connection task to watch.
     pub fn draining(&self) -> Draining {
-        Draining {
-            started: self.started.clone(),
-            signal: self.draining.child_token(),
-        }
+        Draining(self.draining.clone())
     }
 
     /// How many connection tasks and holds are alive.
@@ -156,8 +152,7 @@ impl Drain {
     /// passed, when the rest are cut. Ends as soon as the last connection is done.
     pub async fn run(&self, timeout: Duration) -> DrainReport {
         let started = Instant::now();
-        self.started.store(true, Ordering::Release);
-        self.draining.cancel();
+        self.draining.fire();
         self.tracker.close();
         let open_at_start = self.tracker.len();
         let deadline = humantime::format_rfc3339_seconds(SystemTime::now() + timeout);
@@ -171,7 +166,7 @@ impl Drain {
             .is_err()
         {
             cut = self.tracker.len();
-            self.cut_now.cancel();
+            self.cut_now.fire();
             if tokio::time::timeout(AFTER_CUT, self.tracker.wait())
                 .await
                 .is_err()

@@ -97,6 +97,7 @@ mod signals;
 mod stream;
 #[cfg(feature = "tls")]
 mod tls;
+mod trigger;
 mod upgrade;
 
 pub use config::Config;

@@ -116,9 +116,65 @@ pub(crate) trait Spawner: Send + Sync + 'static {
 pub(crate) struct OsSpawner;
 
 /// A real child process.
+///
+/// Waited for through a pidfd on Linux rather than Tokio's process driver: that driver checks for
+/// orphans every time a runtime thread parks, a cost every server would pay on every request for
+/// the sake of a process started once per deploy.
 pub(crate) struct OsChild {
     pid: u32,
-    child: tokio::process::Child,
+    child: std::process::Child,
+    exit: ExitWatch,
+}
+
+/// Tells when a child may have exited.
+enum ExitWatch {
+    /// Readable once the process has exited.
+    #[cfg(target_os = "linux")]
+    Pidfd(tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>),
+    /// No pidfd (not Linux, or a kernel before 5.3): look again after a pause.
+    Poll,
+}
+
+/// How often a child without a pidfd is checked.
+const EXIT_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+impl ExitWatch {
+    fn new(pid: u32) -> ExitWatch {
+        #[cfg(target_os = "linux")]
+        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+            let flags = rustix::process::PidfdFlags::NONBLOCK;
+            if let Ok(pidfd) = rustix::process::pidfd_open(pid, flags) {
+                // SAFETY: the AsyncFd owns the pidfd, which stays open, with the same number,
+                // until the AsyncFd is dropped.
+                let registered = unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        pidfd,
+                        tokio::io::Interest::READABLE,
+                    )
+                };
+                if let Ok(watch) = registered {
+                    return ExitWatch::Pidfd(watch);
+                }
+            }
+        }
+        let _ = pid;
+        ExitWatch::Poll
+    }
+
+    async fn changed(&self) -> io::Result<()> {
+        match self {
+            #[cfg(target_os = "linux")]
+            ExitWatch::Pidfd(fd) => {
+                let mut ready = fd.readable().await?;
+                ready.clear_ready();
+                Ok(())
+            }
+            ExitWatch::Poll => {
+                tokio::time::sleep(EXIT_POLL).await;
+                Ok(())
+            }
+        }
+    }
 }
 
 impl ChildProcess for OsChild {
@@ -126,12 +182,21 @@ impl ChildProcess for OsChild {
         self.pid
     }
 
-    fn wait(&mut self) -> impl Future<Output = io::Result<ExitStatus>> + Send {
-        self.child.wait()
+    async fn wait(&mut self) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            self.exit.changed().await?;
+        }
     }
 
     fn start_kill(&mut self) -> io::Result<()> {
-        self.child.start_kill()
+        match self.child.kill() {
+            // Already exited (not yet reaped): nothing to kill.
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(()),
+            other => other,
+        }
     }
 }
 
@@ -179,11 +244,15 @@ impl Spawner for OsSpawner {
                 Ok(())
             });
         }
-        let child = tokio::process::Command::from(command).spawn()?;
+        let child = command.spawn()?;
         drop(ready_write);
-        let pid = child.id().unwrap_or_default();
+        let pid = child.id();
         Ok(Spawned {
-            child: OsChild { pid, child },
+            child: OsChild {
+                pid,
+                child,
+                exit: ExitWatch::new(pid),
+            },
             ready: Box::pin(readiness::wait_ready(ready_read)),
         })
     }

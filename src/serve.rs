@@ -45,6 +45,7 @@ pub struct Server {
     config: Config,
     endpoints: Vec<Endpoint>,
     unix_mode: Option<u32>,
+    header_read_timeout: Option<Duration>,
     octopus: Option<Octopus>,
 }
 
@@ -127,6 +128,14 @@ impl Server {
         self
     }
 
+    /// Closes an HTTP/1 connection whose request head takes longer than `timeout` to arrive
+    /// (slow-loris clients). Off by default, as in hyper: it costs a timer per request, and a drain
+    /// bounds such connections anyway by its deadline.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = Some(timeout);
+        self
+    }
+
     /// Permission bits for the Unix sockets this server creates (e.g. `0o660`); by default the
     /// process umask decides.
     pub fn unix_mode(mut self, mode: u32) -> Self {
@@ -165,7 +174,7 @@ impl Server {
             listeners.push(open(&octopus, endpoint, self.unix_mode)?);
         }
         let mut http = Http {
-            builder: Arc::new(http_builder()),
+            builder: Arc::new(http_builder(self.header_read_timeout)),
             service,
             drain: Drain::new(),
             idle_grace: self.config.idle_grace.min(self.config.drain_timeout),
@@ -280,12 +289,15 @@ impl<S: HttpService> Http<S> {
     }
 }
 
-/// HTTP/1 and HTTP/2 with a timer, so hyper's timeouts apply: a client that never finishes its
-/// request head is dropped after 30 s instead of holding a connection (and a drain) forever.
-fn http_builder() -> auto::Builder<TokioExecutor> {
+/// HTTP/1 and HTTP/2; with a header-read timeout, hyper gets a timer to enforce it.
+fn http_builder(header_read_timeout: Option<Duration>) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    if let Some(timeout) = header_read_timeout {
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeout);
+    }
     builder
 }
 

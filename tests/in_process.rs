@@ -174,3 +174,39 @@ async fn upgraded_connections_are_counted_in_the_drain_and_cut_at_the_deadline()
     );
     assert_eq!(report.cut, 1, "{report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_read_timeout_closes_a_slow_loris_connection() {
+    let config = Config::new().handle_signals(false);
+    let octopus = Octopus::new(config.clone()).unwrap();
+    let listener = octopus.listen_tcp("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = octopus.handle();
+    let app = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong\n" }));
+    let server = tokio::spawn(
+        Server::new(config)
+            .octopus(octopus)
+            .listener(listener)
+            .header_read_timeout(Duration::from_millis(300))
+            .serve(app),
+    );
+    let closed_after = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(stream, "GET /ping HTTP/1.1\r\nHos").unwrap();
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        started.elapsed()
+    })
+    .await
+    .unwrap();
+    assert!(
+        closed_after >= Duration::from_millis(250) && closed_after < Duration::from_secs(5),
+        "closed after {closed_after:?}"
+    );
+    handle.shutdown();
+    server.await.unwrap().unwrap();
+}
