@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use octopus::{Config, Octopus, Server};
+use octopus::{Config, DrainReport, Handle, HttpService, Octopus, Server};
 
 fn get(port: u16, path: &str) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -21,22 +21,41 @@ fn get(port: u16, path: &str) -> String {
     reply
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn axum_router_is_served_as_is_and_shut_down_by_a_handle() {
-    let config = Config::new()
-        .handle_signals(false)
-        .drain_timeout(Duration::from_secs(2));
+/// A server running in this process on a free port, with signals off, driven by its handle.
+struct Running {
+    port: u16,
+    handle: Handle,
+    server: tokio::task::JoinHandle<Result<DrainReport, octopus::Error>>,
+}
+
+/// Serves `service` with `config` (signals off); `adjust` sets server options.
+fn start<S: HttpService>(
+    config: Config,
+    adjust: impl FnOnce(Server) -> Server,
+    service: S,
+) -> Running {
+    let config = config.handle_signals(false);
     let octopus = Octopus::new(config.clone()).unwrap();
     let listener = octopus.listen_tcp("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let handle = octopus.handle();
+    let server = adjust(Server::new(config).octopus(octopus).listener(listener));
+    Running {
+        port,
+        handle,
+        server: tokio::spawn(server.serve(service)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axum_router_is_served_as_is_and_shut_down_by_a_handle() {
     let app = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong\n" }));
-    let server = tokio::spawn(
-        Server::new(config)
-            .octopus(octopus)
-            .listener(listener)
-            .serve(app),
-    );
+    let config = Config::new().drain_timeout(Duration::from_secs(2));
+    let Running {
+        port,
+        handle,
+        server,
+    } = start(config, |s| s, app);
 
     let reply = tokio::task::spawn_blocking(move || get(port, "/ping"))
         .await
@@ -102,20 +121,13 @@ async fn upgrade_to_echo(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgraded_connections_are_counted_in_the_drain_and_cut_at_the_deadline() {
     let drain_timeout = Duration::from_millis(700);
-    let config = Config::new()
-        .handle_signals(false)
-        .drain_timeout(drain_timeout);
-    let octopus = Octopus::new(config.clone()).unwrap();
-    let listener = octopus.listen_tcp("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let handle = octopus.handle();
     let service = tower::service_fn(upgrade_to_echo);
-    let server = tokio::spawn(
-        Server::new(config)
-            .octopus(octopus)
-            .listener(listener)
-            .serve(service),
-    );
+    let config = Config::new().drain_timeout(drain_timeout);
+    let Running {
+        port,
+        handle,
+        server,
+    } = start(config, |s| s, service);
 
     let client = tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -177,19 +189,13 @@ async fn upgraded_connections_are_counted_in_the_drain_and_cut_at_the_deadline()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_read_timeout_closes_a_slow_loris_connection() {
-    let config = Config::new().handle_signals(false);
-    let octopus = Octopus::new(config.clone()).unwrap();
-    let listener = octopus.listen_tcp("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let handle = octopus.handle();
     let app = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong\n" }));
-    let server = tokio::spawn(
-        Server::new(config)
-            .octopus(octopus)
-            .listener(listener)
-            .header_read_timeout(Duration::from_millis(300))
-            .serve(app),
-    );
+    let slow_loris = |s: Server| s.header_read_timeout(Duration::from_millis(300));
+    let Running {
+        port,
+        handle,
+        server,
+    } = start(Config::new(), slow_loris, app);
     let closed_after = tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream

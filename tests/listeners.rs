@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -13,29 +12,13 @@ use support::*;
 fn pid_over_unix(path: &Path) -> u32 {
     let mut stream = UnixStream::connect(path).unwrap();
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(
-        stream,
-        "GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let reply = parse(&raw).unwrap();
-    assert_eq!(reply.status, 200);
-    reply.body.trim().parse().unwrap()
+    pid_answering_on(&mut stream)
 }
 
 fn pid_over_v6(port: u16) -> u32 {
     let mut stream = std::net::TcpStream::connect(("::1", port)).unwrap();
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(
-        stream,
-        "GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    parse(&raw).unwrap().body.trim().parse().unwrap()
+    pid_answering_on(&mut stream)
 }
 
 fn port_of(server: &Hello, needle: &str) -> u16 {

@@ -322,6 +322,11 @@ pub struct Reply {
 pub fn get(port: u16, path: &str) -> std::io::Result<Reply> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(TIMEOUT))?;
+    get_on(&mut stream, path)
+}
+
+/// `GET path` on a fresh connection of any kind (TCP, IPv6, Unix), which the server then closes.
+pub fn get_on(stream: &mut (impl Read + Write), path: &str) -> std::io::Result<Reply> {
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
@@ -329,6 +334,13 @@ pub fn get(port: u16, path: &str) -> std::io::Result<Reply> {
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     parse(&raw)
+}
+
+/// The pid that answers `/pid` on a fresh connection of any kind.
+pub fn pid_answering_on(stream: &mut (impl Read + Write)) -> u32 {
+    let reply = get_on(stream, "/pid").expect("the server must answer /pid");
+    assert_eq!(reply.status, 200);
+    reply.body.trim().parse().unwrap()
 }
 
 pub fn parse(raw: &[u8]) -> std::io::Result<Reply> {
@@ -353,9 +365,9 @@ pub fn parse(raw: &[u8]) -> std::io::Result<Reply> {
 
 /// The pid that answers `/pid`.
 pub fn pid_answering(port: u16) -> u32 {
-    let reply = get(port, "/pid").expect("the server must answer /pid");
-    assert_eq!(reply.status, 200);
-    reply.body.trim().parse().unwrap()
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("the server must accept");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    pid_answering_on(&mut stream)
 }
 
 /// The inode of the socket listening on 127.0.0.1:`port`, from /proc/net/tcp.
