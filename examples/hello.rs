@@ -168,7 +168,14 @@ async fn main() -> ExitCode {
         server.serve(service).await
     };
     match served.await {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(report) => {
+            tracing::info!(
+                cut = report.cut,
+                "exiting with status 0 (pid {})",
+                std::process::id()
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
