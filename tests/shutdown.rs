@@ -50,6 +50,7 @@ fn term_lets_an_in_flight_request_finish_then_exits_0() {
         "the drain ends with the last request"
     );
     server.wait_for(&["drain complete"]);
+    server.wait_for(&["exiting with status 0"]);
     assert!(
         TcpStream::connect(("127.0.0.1", port)).is_err(),
         "the listener is closed"
