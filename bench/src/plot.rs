@@ -47,74 +47,88 @@ pub fn draw(r: &ScenarioResult, path: &Path) -> Result<(), String> {
     );
     let root = root.titled(&title, ("sans-serif", 18)).map_err(|x| e(&x))?;
     let (top, bottom) = root.split_vertically(380);
-
-    let mut chart = ChartBuilder::on(&top)
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_max, 0.0..rps_max)
-        .map_err(|x| e(&x))?;
-    chart
-        .configure_mesh()
-        .x_desc("time (s)")
-        .y_desc("requests/s (per 100 ms)")
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .light_line_style(WHITE)
-        .draw()
-        .map_err(|x| e(&x))?;
-    for x in &marks {
-        chart
-            .draw_series(LineSeries::new(
-                [(*x, 0.0), (*x, rps_max)],
-                RGBColor(0, 160, 0).mix(0.35).stroke_width(1),
-            ))
-            .map_err(|x| e(&x))?;
-    }
-    for x in &shutdown {
-        chart
-            .draw_series(LineSeries::new(
-                [(*x, 0.0), (*x, rps_max)],
-                BLACK.stroke_width(2),
-            ))
-            .map_err(|x| e(&x))?;
-    }
-    chart
-        .draw_series(LineSeries::new(rps, BLUE.stroke_width(1)))
-        .map_err(|x| e(&x))?
-        .label("requests/s")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|x| e(&x))?;
-
-    let mut chart = ChartBuilder::on(&bottom)
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_max, 0.0..fail_max)
-        .map_err(|x| e(&x))?;
-    chart
-        .configure_mesh()
-        .x_desc("time (s); green lines: upgrade signals, black: SIGTERM")
-        .y_desc("failures per 100 ms")
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .light_line_style(WHITE)
-        .draw()
-        .map_err(|x| e(&x))?;
-    for x in &marks {
-        chart
-            .draw_series(LineSeries::new(
-                [(*x, 0.0), (*x, fail_max)],
-                RGBColor(0, 160, 0).mix(0.35).stroke_width(1),
-            ))
-            .map_err(|x| e(&x))?;
-    }
-    chart
-        .draw_series(LineSeries::new(failed, RED.stroke_width(1)))
-        .map_err(|x| e(&x))?;
+    let panel = |y_max, x_desc, y_desc, points, color: RGBColor, label| Panel {
+        x_max,
+        y_max,
+        x_desc,
+        y_desc,
+        marks: &marks,
+        shutdown: &shutdown,
+        points,
+        color,
+        label,
+    };
+    panel_on(
+        &top,
+        panel(
+            rps_max,
+            "time (s)",
+            "requests/s (per 100 ms)",
+            rps,
+            BLUE,
+            Some("requests/s"),
+        ),
+    )
+    .map_err(|x| e(&x))?;
+    let x_desc = "time (s); green lines: upgrade signals, black: SIGTERM";
+    panel_on(
+        &bottom,
+        panel(fail_max, x_desc, "failures per 100 ms", failed, RED, None),
+    )
+    .map_err(|x| e(&x))?;
     root.present().map_err(|x| e(&x))?;
+    Ok(())
+}
+
+/// One panel: a series over time, with the upgrade signals and the SIGTERM marked.
+struct Panel<'a> {
+    x_max: f64,
+    y_max: f64,
+    x_desc: &'a str,
+    y_desc: &'a str,
+    marks: &'a [f64],
+    shutdown: &'a [f64],
+    points: Vec<(f64, f64)>,
+    color: RGBColor,
+    label: Option<&'a str>,
+}
+
+fn panel_on<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    p: Panel<'_>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let mut chart = ChartBuilder::on(area)
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..p.x_max, 0.0..p.y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc(p.x_desc)
+        .y_desc(p.y_desc)
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .light_line_style(WHITE)
+        .draw()?;
+    let upgrade_style = RGBColor(0, 160, 0).mix(0.35).stroke_width(1);
+    for (xs, style) in [
+        (p.marks, upgrade_style),
+        (p.shutdown, BLACK.stroke_width(2)),
+    ] {
+        for x in xs {
+            chart.draw_series(LineSeries::new([(*x, 0.0), (*x, p.y_max)], style))?;
+        }
+    }
+    let series = chart.draw_series(LineSeries::new(p.points, p.color.stroke_width(1)))?;
+    if let Some(label) = p.label {
+        let color = p.color;
+        series
+            .label(label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+    }
     Ok(())
 }
