@@ -272,13 +272,16 @@ fn clone(fd: &OwnedFd) -> Result<OwnedFd, Error> {
 
 /// Resolves `address` and binds the first of its addresses that accepts a listener.
 pub(crate) fn bind_tcp(address: &str) -> Result<OwnedFd, Error> {
-    let candidates: Vec<SocketAddr> = address
+    let mut candidates: Vec<SocketAddr> = address
         .to_socket_addrs()
         .map_err(|e| Error::Address {
             address: address.into(),
             reason: e.to_string(),
         })?
         .collect();
+    // A name such as `localhost` may resolve to both families: bind IPv4 first, as Go's
+    // net.Listen (and so Octopus) does, so `-h localhost` answers on 127.0.0.1.
+    candidates.sort_by_key(|candidate| !candidate.is_ipv4());
     let mut last_error = None;
     for candidate in &candidates {
         match bind_tcp_addr(*candidate) {
