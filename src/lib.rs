@@ -69,12 +69,21 @@
 //!
 //! # Log events
 //!
-//! Through `tracing`, with stable messages: `listener created`, `listener adopted`,
-//! `listening on ADDRESS`, `server started` (with `pid`), `signal received: SIG…`,
-//! `new process spawned`, `new process ready`, `upgrade failed; the old process keeps serving: …`,
-//! `upgrade refused: …`, `old process draining; …`, `old process kept alive beside …`,
-//! `draining connections; deadline …` (a UTC wall-clock time), `drain complete; …` or
-//! `drain deadline reached; cut N connections`, and `server shut down`.
+//! Through `tracing`, with stable messages (fields such as `pid=` follow them):
+//!
+//! | when | message |
+//! |---|---|
+//! | a listener is bound, inherited, or taken from systemd | `listener created`, `listener adopted`, `listener adopted from systemd` |
+//! | [`Server`] serves it | `listening on ADDRESS` |
+//! | [`Octopus::ready`] | `server started` (`pid=`), and in a new process `reported ready to the old process` or `the old process is gone; serving alone` |
+//! | a signal arrives | `signal received: SIGHUP` (or `SIGUSR1`, …) |
+//! | an upgrade | `new process spawned`, then `new process ready`, then `old process draining; new process N serves` or `old process kept alive beside new process N` |
+//! | an upgrade that fails | `upgrade failed; the old process keeps serving: REASON` (exit status or signal, timeout, OS error) |
+//! | an upgrade that is not started | `upgrade refused: REASON` (one in flight, not serving yet, stopping) |
+//! | a successor that dies while this process drains | `new process N died after it was ready (STATUS); resuming accepting` |
+//! | a shutdown | `graceful shutdown started`, `already stopping; the drain under way goes on` for a repeat |
+//! | a drain | `draining connections; deadline TIME` (UTC wall clock), then `drain complete; every connection finished` or `drain deadline reached; cut N connections` |
+//! | the end | `server shut down` |
 #![cfg(unix)]
 #![warn(missing_docs)]
 
