@@ -2,6 +2,7 @@
 //! (out of file descriptors, out of memory) pause the loop and are retried.
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -16,7 +17,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(10);
 pub(crate) async fn accept_loop(
     listener: AnyListener,
     stop: CancellationToken,
-    mut serve: impl FnMut(AnyStream, String),
+    mut serve: impl FnMut(AnyStream, Option<SocketAddr>),
 ) -> AnyListener {
     let mut backoff = Duration::ZERO;
     loop {
@@ -48,10 +49,13 @@ pub(crate) async fn accept_loop(
 
 /// Accepts the connections the kernel already queued, without waiting for more, so a shutdown
 /// answers every client whose connection was established before the listener closed.
-pub(crate) fn accept_queued(listener: &AnyListener, mut serve: impl FnMut(AnyStream, String)) {
+pub(crate) fn accept_queued(
+    listener: &AnyListener,
+    mut serve: impl FnMut(AnyStream, Option<SocketAddr>),
+) {
     loop {
         match listener.accept_now() {
-            Ok(stream) => serve(stream, "queued".into()),
+            Ok(stream) => serve(stream, None),
             Err(e) if is_per_connection(&e) && e.kind() != io::ErrorKind::WouldBlock => {}
             Err(_) => return,
         }

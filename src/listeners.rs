@@ -181,7 +181,7 @@ impl Registry {
             tracing::info!(%key, address = %local_address(&fd), "listener created");
             fd
         };
-        let copy = clone(&fd)?;
+        let copy = duplicate(&fd)?;
         active.push((key, fd));
         Ok(copy)
     }
@@ -252,7 +252,8 @@ fn serves(key: &ListenerKey, activated: &Activated) -> bool {
     }
 }
 
-fn local_address(fd: &OwnedFd) -> String {
+/// A socket's address for logs: `HOST:PORT`, or a Unix socket's path.
+pub(crate) fn local_address(fd: &impl AsFd) -> String {
     match socket2::SockRef::from(fd).local_addr() {
         Ok(address) => match (address.as_socket(), address.as_pathname()) {
             (Some(inet), _) => inet.to_string(),
@@ -263,7 +264,8 @@ fn local_address(fd: &OwnedFd) -> String {
     }
 }
 
-fn clone(fd: &OwnedFd) -> Result<OwnedFd, Error> {
+/// Another fd on the same socket (the registry keeps one copy, the caller gets another).
+fn duplicate(fd: &OwnedFd) -> Result<OwnedFd, Error> {
     fd.try_clone().map_err(|source| Error::Io {
         what: "cannot duplicate a listening socket",
         source,
@@ -271,7 +273,7 @@ fn clone(fd: &OwnedFd) -> Result<OwnedFd, Error> {
 }
 
 /// Resolves `address` and binds the first of its addresses that accepts a listener.
-pub(crate) fn bind_tcp(address: &str) -> Result<OwnedFd, Error> {
+fn bind_tcp(address: &str) -> Result<OwnedFd, Error> {
     let mut candidates: Vec<SocketAddr> = address
         .to_socket_addrs()
         .map_err(|e| Error::Address {

@@ -261,7 +261,12 @@ impl<S: Clone> Clone for Http<S> {
 }
 
 impl<S: HttpService> Http<S> {
-    fn spawn_connection(&self, stream: AnyStream, peer: String, tls: Option<Handshake>) {
+    fn spawn_connection(
+        &self,
+        stream: AnyStream,
+        peer: Option<std::net::SocketAddr>,
+        tls: Option<Handshake>,
+    ) {
         let builder = self.builder.clone();
         let service = self.service.clone();
         let drain = self.drain.clone();
@@ -283,7 +288,7 @@ impl<S: HttpService> Http<S> {
                 Some(never) => match never {},
             };
             if let Err(e) = served {
-                tracing::debug!(%peer, "connection ended with an error: {e}");
+                tracing::debug!(?peer, "connection ended with an error: {e}");
             }
         });
     }

@@ -1,11 +1,14 @@
 //! The kinds of socket a server accepts on: TCP and Unix domain stream sockets.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+use crate::listeners::local_address;
 
 /// A listening socket of either kind.
 #[derive(Debug)]
@@ -22,17 +25,18 @@ pub(crate) enum AnyStream {
 }
 
 impl AnyListener {
-    pub async fn accept(&self) -> io::Result<(AnyStream, String)> {
+    /// The next connection, and the peer's address for TCP (a Unix peer has none worth naming).
+    pub async fn accept(&self) -> io::Result<(AnyStream, Option<SocketAddr>)> {
         match self {
             AnyListener::Tcp(listener) => {
                 let (stream, peer) = listener.accept().await?;
                 // Small responses go out at once instead of waiting for Nagle's algorithm.
                 let _ = stream.set_nodelay(true);
-                Ok((AnyStream::Tcp(stream), peer.to_string()))
+                Ok((AnyStream::Tcp(stream), Some(peer)))
             }
             AnyListener::Unix(listener) => {
                 let (stream, _) = listener.accept().await?;
-                Ok((AnyStream::Unix(stream), "unix".into()))
+                Ok((AnyStream::Unix(stream), None))
             }
         }
     }
@@ -59,15 +63,8 @@ impl AnyListener {
 
     pub fn describe(&self) -> String {
         match self {
-            AnyListener::Tcp(listener) => listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|e| format!("an unknown address ({e})")),
-            AnyListener::Unix(listener) => listener
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
-                .unwrap_or_else(|| "an unnamed Unix socket".into()),
+            AnyListener::Tcp(listener) => local_address(listener),
+            AnyListener::Unix(listener) => local_address(listener),
         }
     }
 }

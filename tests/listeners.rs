@@ -21,19 +21,6 @@ fn pid_over_v6(port: u16) -> u32 {
     pid_answering_on(&mut stream)
 }
 
-fn port_of(server: &Hello, needle: &str) -> u16 {
-    server.wait_for(&["server started"]);
-    let line = server.wait_for(&["listening on", needle]);
-    let address = line
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
-    address.parse::<std::net::SocketAddr>().unwrap().port()
-}
-
 #[test]
 fn tcp_and_unix_listeners_are_all_handed_over_and_the_socket_path_stays() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,7 +80,7 @@ fn a_unix_path_in_use_by_a_live_server_is_refused() {
 #[test]
 fn ipv6_listener_is_handed_over() {
     let server = Hello::start(&["-h", "::1", "-p", "0"]);
-    let port = port_of(&server, "[::1]:");
+    let port = server.port_of("[::1]:");
     let first = server.first_pid();
     assert_eq!(pid_over_v6(port), first);
     signal(first, Signal::HUP);

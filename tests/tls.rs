@@ -50,16 +50,7 @@ fn start_with_tls(cert: &Path, key: &Path) -> Hello {
 }
 
 fn tls_port(server: &Hello) -> u16 {
-    server.wait_for(&["server started"]);
-    let line = server.wait_for(&["listening on", "scheme=\"https\""]);
-    let address = line
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
-    address.parse::<std::net::SocketAddr>().unwrap().port()
+    server.port_of("scheme=\"https\"")
 }
 
 struct Client {

@@ -185,8 +185,14 @@ impl Hello {
 
     /// The port the first generation logged, once it serves.
     pub fn port(&self) -> u16 {
+        self.port_of("listening on ")
+    }
+
+    /// The port of the listener whose `listening on` line also contains `needle`, once the
+    /// server serves.
+    pub fn port_of(&self, needle: &str) -> u16 {
         self.wait_for(&["server started"]);
-        let line = self.wait_for(&["listening on "]);
+        let line = self.wait_for(&["listening on ", needle]);
         let address = line
             .split("listening on ")
             .nth(1)
