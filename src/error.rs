@@ -43,6 +43,11 @@ pub enum Error {
     #[error("Server::listener needs the Octopus the listener came from: pass it with Server::octopus, or use Server::bind")]
     ListenerWithoutOctopus,
 
+    /// [`Octopus::new`](crate::Octopus::new) was called while another `Octopus` is alive in this
+    /// process.
+    #[error("an Octopus already runs in this process; there is one per process, since it owns the signals and the hand-over of every listener: serve all listeners through it (clone it, or pass it to Server::octopus) rather than calling Octopus::new or octopus::serve twice")]
+    SecondInstance,
+
     /// A TLS certificate or key could not be used.
     #[error("cannot use TLS file {path}: {reason}; give a PEM certificate chain and its PEM private key")]
     Tls {
@@ -165,6 +170,15 @@ pub enum UpgradeError {
         source: io::Error,
     },
 
+    /// The working directory the new process would start in is gone.
+    #[error("cannot start the new process in {dir}, the directory this server was started from: {source}; it was removed or replaced: re-create it, or start the server from a directory that stays")]
+    WorkingDirectory {
+        /// The working directory of the old process when it started.
+        dir: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+
     /// The new process exited before it reported ready.
     #[error("new process {pid} exited before it was ready ({status})")]
     Exited {
@@ -190,8 +204,10 @@ pub enum UpgradeError {
         pid: u32,
     },
 
-    /// A shutdown began while the upgrade was in flight; the new process was killed.
-    #[error("upgrade cancelled by shutdown; new process {pid} was killed")]
+    /// A shutdown began before the new process's readiness report was acted on; the new
+    /// process was stopped (SIGTERM, so that it drains whatever it accepted; SIGKILL if it did
+    /// not exit in time) and reaped.
+    #[error("upgrade cancelled by shutdown; new process {pid} was stopped and reaped")]
     Cancelled {
         /// Its process id.
         pid: u32,

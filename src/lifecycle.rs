@@ -3,7 +3,8 @@
 
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -53,10 +54,33 @@ enum State {
     Stopping(Stop),
 }
 
+/// What [`Octopus::report_ready`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reported {
+    /// Ready was reported: this generation serves, and may accept.
+    Serving,
+    /// A shutdown began first, so nothing was reported. If `parent_serves`, the previous process
+    /// rolls back and keeps serving the shared sockets: this one must not accept from them.
+    Declined { parent_serves: bool },
+}
+
+/// What an upgrade does once its new process reported ready; decided under the state lock, so a
+/// shutdown either came first (and the new process is stopped) or comes after (and only this
+/// process stops).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    HandOver,
+    KeepBeside,
+    ShutdownFirst,
+}
+
 struct Parent {
     pid: u32,
     ready_pipe: OwnedFd,
 }
+
+/// Whether an [`Octopus`] made by [`Octopus::new`] is alive in this process.
+static INSTANCE: AtomicBool = AtomicBool::new(false);
 
 struct Inner {
     registry: Registry,
@@ -66,6 +90,16 @@ struct Inner {
     state: watch::Sender<State>,
     cancel_upgrade: CancellationToken,
     pre_drain: std::time::Duration,
+    /// Holds the process's one instance slot, freed when this is dropped.
+    owns_instance: bool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.owns_instance {
+            INSTANCE.store(false, Ordering::Release);
+        }
+    }
 }
 
 /// One generation of a gracefully upgradable server: the low-level, protocol-agnostic layer.
@@ -79,7 +113,7 @@ struct Inner {
 /// let octopus = Octopus::new(Config::new())?;
 /// let listener = tokio::net::TcpListener::from_std(octopus.listen_tcp("127.0.0.1:7000")?)?;
 /// let drain = Drain::new();
-/// // The socket listens already: the previous process, if any, may now hand over and drain.
+/// // Before the first accept: the previous process, if any, may now hand over and drain.
 /// octopus.ready()?;
 /// let stop = loop {
 ///     tokio::select! {
@@ -115,6 +149,15 @@ pub struct Handle {
     inner: Arc<Inner>,
 }
 
+/// A [`Handle`] that does not keep its generation alive, for the signal task that outlives it.
+pub(crate) struct WeakHandle(Weak<Inner>);
+
+impl WeakHandle {
+    pub fn upgrade(&self) -> Option<Handle> {
+        self.0.upgrade().map(|inner| Handle { inner })
+    }
+}
+
 impl Octopus {
     /// Starts a generation: adopts the listeners handed over by the previous process (if this one
     /// was started by an upgrade) and, unless switched off, installs the signal handlers.
@@ -122,8 +165,20 @@ impl Octopus {
     /// Must run inside a Tokio runtime. Fails, before anything is served, if the hand-over
     /// environment is malformed or names fds that are not what it says; the previous process then
     /// sees this one exit and keeps serving.
+    ///
+    /// One `Octopus` per process: it owns the signals and the hand-over, so a second one while the
+    /// first is alive fails with [`Error::SecondInstance`]. Serve every listener through the same
+    /// one (clone it, or give it to [`Server::octopus`](crate::Server::octopus)).
     pub fn new(config: Config) -> Result<Self, Error> {
         tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        if INSTANCE
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(Error::SecondInstance);
+        }
+        // From here on the slot is freed by `Inner`'s drop, or by this guard on an early error.
+        let slot = InstanceSlot;
         let handlers = if config.handle_signals {
             Some(signals::Handlers::install()?)
         } else {
@@ -136,14 +191,18 @@ impl Octopus {
         let (inherited, parent, activated) = match handover {
             None => (Vec::new(), None, activation::take()?),
             Some(handover) => {
+                if handlers.is_none() {
+                    signals::restore_default_upgrade_signals();
+                }
                 let inherited = adopt(handover)?;
                 (inherited.listeners, Some(inherited.parent), Vec::new())
             }
         };
         let start = StartInfo::capture()?;
-        let octopus = Self::assemble(&config, inherited, activated, parent, start);
+        let octopus = Self::assemble(&config, inherited, activated, parent, start, true);
+        std::mem::forget(slot);
         if let Some(handlers) = handlers {
-            handlers.serve(octopus.handle(), config.kill_master);
+            handlers.serve(octopus.handle().downgrade(), config.kill_master);
         }
         Ok(octopus)
     }
@@ -154,15 +213,23 @@ impl Octopus {
         activated: Vec<Activated>,
         parent: Option<Parent>,
         start: StartInfo,
+        owns_instance: bool,
     ) -> Self {
+        let upgrader = Upgrader::new(
+            OsSpawner,
+            start,
+            config.upgrade_timeout,
+            config.drain_timeout,
+        );
         let inner = Arc::new(Inner {
             registry: Registry::new(inherited, activated),
             pid_file: config.pid_file.clone(),
-            upgrader: Upgrader::new(OsSpawner, start, config.upgrade_timeout),
+            upgrader,
             parent: Mutex::new(parent),
             state: watch::Sender::new(State::Starting),
             cancel_upgrade: CancellationToken::new(),
             pre_drain: config.pre_drain,
+            owns_instance,
         });
         Octopus { inner }
     }
@@ -191,53 +258,93 @@ impl Octopus {
         self.inner.registry.tcp(ListenerKey::named(name), address)
     }
 
-    /// Reports that this generation is accepting on all its listeners.
+    /// Reports that this generation is ready to serve on all its listeners. Call it once they
+    /// are all asked for and before the first `accept`: a process started by an upgrade shares the
+    /// sockets with the previous one, which keeps serving until this report, so nothing waits
+    /// meanwhile, and whatever can fail here fails before this process has taken a connection.
     ///
-    /// Inherited listeners the program did not ask for are closed. If this process was started by
-    /// an upgrade, the previous process learns it is ready and (depending on the signal) drains.
-    /// If a shutdown was asked for during start-up, nothing is reported, so the previous process
-    /// rolls back and keeps serving.
+    /// Inherited listeners the program did not ask for are closed. The pid file, if any, is
+    /// written. If this process was started by an upgrade, the previous process learns it is
+    /// ready and (depending on the signal) drains. If a shutdown was asked for during start-up,
+    /// nothing is reported, so the previous process rolls back and keeps serving: then do not
+    /// accept ([`Handle::is_stopping`] is `true`).
     pub fn ready(&self) -> Result<(), Error> {
-        self.inner.registry.close_unused_inherited();
-        let started = self.inner.state.send_if_modified(|state| {
-            let starting = *state == State::Starting;
-            if starting {
-                *state = State::Serving;
-            }
-            starting
-        });
-        let parent = self
-            .inner
-            .parent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if !started {
-            return Ok(());
+        self.report_ready().map(|_| ())
+    }
+
+    pub(crate) fn report_ready(&self) -> Result<Reported, Error> {
+        let inner = &self.inner;
+        inner.registry.close_unused_inherited();
+        let parent = lock(&inner.parent).take();
+        let declined = Reported::Declined {
+            parent_serves: parent.is_some(),
+        };
+        if *inner.state.borrow() != State::Starting {
+            return Ok(declined);
         }
         let me = std::process::id();
-        if let Some(path) = &self.inner.pid_file {
+        if let Some(path) = &inner.pid_file {
             pidfile::write(path, me).map_err(|source| Error::PidFile {
                 path: path.clone(),
                 source,
             })?;
         }
-        match parent {
-            None => notify::serving(),
-            Some(parent) => match readiness::notify_ready(parent.ready_pipe) {
-                Ok(()) => tracing::info!(parent = parent.pid, "reported ready to the old process"),
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                    tracing::warn!(
-                        parent = parent.pid,
-                        "the old process is gone; serving alone"
-                    );
-                    notify::serving();
+        let forget_pid_file = || {
+            if let Some(path) = &inner.pid_file {
+                pidfile::remove_if_names(path, me);
+            }
+        };
+        if let Some(parent) = &parent {
+            if let Err(e) = readiness::wait_writable(&parent.ready_pipe) {
+                forget_pid_file();
+                return Err(Error::Ready(e));
+            }
+        }
+        // The report and the state change happen under the state lock, so a shutdown either
+        // comes first (nothing is reported: the previous process rolls back) or after (this
+        // process serves, then stops like any serving process).
+        let mut report = Ok(());
+        let reported = inner.state.send_if_modified(|state| {
+            if *state != State::Starting {
+                return false;
+            }
+            if let Some(parent) = &parent {
+                report = readiness::notify_ready(&parent.ready_pipe);
+                if matches!(&report, Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe) {
+                    return false;
                 }
-                Err(e) => return Err(Error::Ready(e)),
-            },
+            }
+            *state = State::Serving;
+            true
+        });
+        if !reported {
+            forget_pid_file();
+            return match report {
+                Err(e) => Err(Error::Ready(e)),
+                Ok(()) => {
+                    tracing::info!(
+                        pid = me,
+                        "a shutdown began before this process was ready; not reporting ready"
+                    );
+                    Ok(declined)
+                }
+            };
+        }
+        match (&parent, report) {
+            (None, _) => notify::serving(),
+            (Some(parent), Ok(())) => {
+                tracing::info!(parent = parent.pid, "reported ready to the old process")
+            }
+            (Some(parent), Err(_)) => {
+                tracing::warn!(
+                    parent = parent.pid,
+                    "the old process is gone; serving alone"
+                );
+                notify::serving();
+            }
         }
         tracing::info!(pid = me, "server started");
-        Ok(())
+        Ok(Reported::Serving)
     }
 
     /// Resolves when this generation should stop accepting, and says why.
@@ -263,11 +370,11 @@ impl Octopus {
     }
 
     /// Waits until no upgrade is in flight. After a shutdown cancelled one, this returns once its
-    /// new process has been killed and reaped; call it before exiting.
+    /// new process has been stopped and reaped; call it before exiting.
     pub async fn settle(&self) {
         self.inner.upgrader.settled().await;
         if let Some(path) = &self.inner.pid_file {
-            pidfile::remove_if_names(path, std::process::id());
+            pidfile::release(path, std::process::id());
         }
     }
 
@@ -286,13 +393,29 @@ impl Octopus {
     }
 }
 
+/// Frees the instance slot if [`Octopus::new`] fails after taking it.
+struct InstanceSlot;
+
+impl Drop for InstanceSlot {
+    fn drop(&mut self) {
+        INSTANCE.store(false, Ordering::Release);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Handle {
     /// Starts a new process from the path this one was started from, with the same arguments,
     /// working directory and environment, hands it the listeners and waits until it reports ready.
     /// Returns its pid. What this process does then depends on `after`.
     ///
-    /// On any failure the new process is killed if needed and reaped, the reason is logged and
-    /// returned, and this process keeps serving as before.
+    /// On any failure the new process is stopped if needed and reaped, the reason is logged and
+    /// returned, and this process keeps serving as before. If a shutdown of this process began
+    /// before the new process's report was acted on, the new process is stopped too (SIGTERM, so
+    /// it drains what it accepted) and [`UpgradeError::Cancelled`] is returned: a shutdown never
+    /// leaves a successor serving unannounced.
     pub async fn upgrade(&self, after: AfterUpgrade) -> Result<u32, UpgradeError> {
         let result = self.try_upgrade(after).await;
         if let Err(e) = &result {
@@ -319,38 +442,59 @@ impl Handle {
         }
         let permit = inner.upgrader.begin()?;
         notify::reloading();
-        let mut child = inner
+        let ran = inner
             .upgrader
             .run(&permit, &inner.registry, &inner.cancel_upgrade)
-            .await?;
-        let pid = child.pid();
+            .await;
+        let successor = match ran {
+            Ok(successor) => successor,
+            Err(e) => {
+                self.reclaim_pid_file();
+                return Err(e);
+            }
+        };
+        let pid = successor.pid();
         let me = std::process::id();
-        match after {
-            AfterUpgrade::Exit => {
-                let handed_over = inner.state.send_if_modified(|state| {
-                    let serving = *state == State::Serving;
-                    if serving {
-                        tracing::info!(
-                            pid = me,
-                            new_pid = pid,
-                            "old process draining; new process {pid} serves"
-                        );
-                        *state = State::Stopping(Stop::Upgraded { pid });
-                    }
-                    serving
-                });
-                if handed_over {
-                    notify::handed_over(pid);
-                    tokio::spawn(watch_successor(inner.clone(), child));
+        let mut decision = Decision::ShutdownFirst;
+        inner.state.send_if_modified(|state| {
+            if *state != State::Serving {
+                return false;
+            }
+            match after {
+                AfterUpgrade::Exit => {
+                    decision = Decision::HandOver;
+                    *state = State::Stopping(Stop::Upgraded { pid });
+                    true
+                }
+                AfterUpgrade::KeepServing => {
+                    decision = Decision::KeepBeside;
+                    false
                 }
             }
-            AfterUpgrade::KeepServing => {
+        });
+        match decision {
+            Decision::HandOver => {
+                tracing::info!(
+                    pid = me,
+                    new_pid = pid,
+                    "old process draining; new process {pid} serves"
+                );
+                notify::handed_over(pid);
+                tokio::spawn(watch_successor(inner.clone(), successor.hand_over()));
+            }
+            Decision::KeepBeside => {
                 notify::upgrade_ended(&format!("serving beside new process {pid}"));
+                if let Some(path) = &inner.pid_file {
+                    if let Err(e) = pidfile::write_old(path, me) {
+                        tracing::warn!(path = %path.display(), "cannot write the old generation's pid file: {e}");
+                    }
+                }
                 tracing::info!(
                     pid = me,
                     new_pid = pid,
                     "old process kept alive beside new process {pid}"
                 );
+                let mut child = successor.hand_over();
                 tokio::spawn(async move {
                     match child.wait().await {
                         Ok(status) => {
@@ -360,39 +504,72 @@ impl Handle {
                     }
                 });
             }
+            Decision::ShutdownFirst => {
+                tracing::warn!(
+                    pid = me,
+                    new_pid = pid,
+                    "new process {pid} reported ready after this process began shutting down; stopping it"
+                );
+                successor.stop().await;
+                self.reclaim_pid_file();
+                return Err(UpgradeError::Cancelled { pid });
+            }
         }
         drop(permit);
         Ok(pid)
     }
 
+    /// After a failed upgrade the pid file may name the failed process: it names this one again.
+    fn reclaim_pid_file(&self) {
+        if let Some(path) = &self.inner.pid_file {
+            if let Err(e) = pidfile::write(path, std::process::id()) {
+                tracing::warn!(path = %path.display(), "cannot write the pid file: {e}");
+            }
+        }
+    }
+
     /// Starts a graceful shutdown: [`Octopus::stopped`] resolves with [`Stop::Shutdown`], and an
-    /// upgrade in flight is cancelled (its new process killed and reaped). With a
+    /// upgrade in flight is cancelled (its new process stopped and reaped). With a
     /// [`Config::pre_drain`] delay, the process first keeps accepting for that long while
     /// [`Handle::is_draining`] reports `true`. Asking again while stopping changes nothing: the
     /// drain already under way is not cut short.
     pub fn shutdown(&self) {
         let pre_drain = self.inner.pre_drain;
+        let mut before = State::Starting;
         let mut delayed = false;
-        let first = self.inner.state.send_if_modified(|state| match state {
-            State::PreDraining | State::Stopping(_) => {
-                tracing::info!("already stopping; the drain under way goes on");
-                false
-            }
-            State::Serving if !pre_drain.is_zero() => {
-                tracing::info!(
-                    pid = std::process::id(),
-                    "graceful shutdown started; still accepting for the pre-drain of {pre_drain:?} while reporting draining"
-                );
-                *state = State::PreDraining;
-                delayed = true;
-                true
-            }
-            State::Starting | State::Serving => {
-                tracing::info!(pid = std::process::id(), "graceful shutdown started");
-                *state = State::Stopping(Stop::Shutdown);
-                true
+        let first = self.inner.state.send_if_modified(|state| {
+            before = *state;
+            match state {
+                State::PreDraining | State::Stopping(_) => false,
+                State::Serving if !pre_drain.is_zero() => {
+                    *state = State::PreDraining;
+                    delayed = true;
+                    true
+                }
+                State::Starting | State::Serving => {
+                    *state = State::Stopping(Stop::Shutdown);
+                    true
+                }
             }
         });
+        let me = std::process::id();
+        match before {
+            State::Stopping(Stop::Upgraded { pid }) => tracing::info!(
+                pid = me,
+                new_pid = pid,
+                "shutdown asked after the hand-over to process {pid}, which serves; this process goes on draining"
+            ),
+            State::PreDraining | State::Stopping(Stop::Shutdown) => {
+                tracing::info!("already stopping; the drain under way goes on")
+            }
+            State::Serving if delayed => tracing::info!(
+                pid = me,
+                "graceful shutdown started; still accepting for the pre-drain of {pre_drain:?} while reporting draining"
+            ),
+            State::Starting | State::Serving => {
+                tracing::info!(pid = me, "graceful shutdown started")
+            }
+        }
         if !first {
             return;
         }
@@ -421,6 +598,10 @@ impl Handle {
             State::PreDraining | State::Stopping(_)
         )
     }
+
+    pub(crate) fn downgrade(&self) -> WeakHandle {
+        WeakHandle(Arc::downgrade(&self.inner))
+    }
 }
 
 /// Reaps a successor this process handed over to; if it dies (exits non-zero or of a signal) while
@@ -436,16 +617,16 @@ async fn watch_successor(inner: Arc<Inner>, mut child: OsChild) {
         && inner.state.send_if_modified(|state| {
             let handed_over = *state == State::Stopping(Stop::Upgraded { pid });
             if handed_over {
-                tracing::error!(
-                    pid = std::process::id(),
-                    new_pid = pid,
-                    "new process {pid} died after it was ready ({status}); resuming accepting"
-                );
                 *state = State::Serving;
             }
             handed_over
         });
     if resumed {
+        tracing::error!(
+            pid = std::process::id(),
+            new_pid = pid,
+            "new process {pid} died after it was ready ({status}); resuming accepting"
+        );
         notify::serving();
         if let Some(path) = &inner.pid_file {
             if let Err(e) = pidfile::write(path, std::process::id()) {
@@ -495,6 +676,17 @@ fn adopt(handover: Handover) -> Result<Inherited, Error> {
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    fn start_info(program: &str, args: &[&str]) -> StartInfo {
+        StartInfo {
+            program: program.into(),
+            argv0: program.into(),
+            args: args.iter().map(Into::into).collect(),
+            cwd: "/".into(),
+        }
+    }
 
     /// A generation as if started by an upgrade, and the read end of its readiness pipe.
     fn started_by_upgrade_with(config: &Config) -> (Octopus, OwnedFd) {
@@ -503,13 +695,8 @@ mod tests {
             pid: 1,
             ready_pipe: write,
         };
-        let start = StartInfo {
-            program: "/bin/false".into(),
-            argv0: "false".into(),
-            args: vec![],
-            cwd: "/".into(),
-        };
-        let octopus = Octopus::assemble(config, Vec::new(), Vec::new(), Some(parent), start);
+        let start = start_info("/bin/false", &[]);
+        let octopus = Octopus::assemble(config, Vec::new(), Vec::new(), Some(parent), start, false);
         (octopus, read)
     }
 
@@ -520,6 +707,138 @@ mod tests {
     fn reported_ready(read: &OwnedFd) -> bool {
         let mut byte = [0u8; 1];
         matches!(rustix::io::read(read.as_fd(), &mut byte), Ok(1))
+    }
+
+    /// Polls `condition` (bounded) without yielding to the runtime.
+    fn block_until(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "{what}: not true within 10s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Runs `hook` on the event whose message is `message`, in the thread that logs it: a place
+    /// in the real code path where a test can act at a precise moment.
+    struct OnEvent<F> {
+        message: &'static str,
+        hook: F,
+    }
+
+    impl<S: tracing::Subscriber, F: Fn() + 'static> tracing_subscriber::Layer<S> for OnEvent<F> {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Message(String);
+            impl tracing::field::Visit for Message {
+                fn record_debug(
+                    &mut self,
+                    field: &tracing::field::Field,
+                    value: &dyn std::fmt::Debug,
+                ) {
+                    if field.name() == "message" {
+                        self.0 = format!("{value:?}");
+                    }
+                }
+            }
+            let mut message = Message(String::new());
+            event.record(&mut message);
+            if message.0 == self.message {
+                (self.hook)();
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_shutdown_that_comes_between_ready_and_hand_over_stops_the_successor() {
+        use tracing_subscriber::layer::SubscriberExt;
+        // The successor reports ready, then would serve for a minute.
+        let script = "printf R > /dev/fd/$OCTOPUS_READY_FD && exec sleep 60";
+        let start = start_info("/bin/sh", &["-c", script]);
+        let octopus = Octopus::assemble(&Config::new(), Vec::new(), Vec::new(), None, start, false);
+        octopus.ready().unwrap();
+        let handle = octopus.handle();
+        // The shutdown arrives exactly after the ready report was read, before it is acted on.
+        let hook_handle = handle.clone();
+        let subscriber = tracing_subscriber::registry().with(OnEvent {
+            message: "new process ready",
+            hook: move || hook_handle.shutdown(),
+        });
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let result = handle.upgrade(AfterUpgrade::Exit).await;
+        let pid = match result {
+            Err(UpgradeError::Cancelled { pid }) => pid,
+            other => panic!("the shutdown came first, so no hand-over: {other:?}"),
+        };
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the successor was stopped and reaped"
+        );
+        assert_eq!(octopus.stopped().await, Stop::Shutdown);
+        tokio::time::timeout(Duration::from_secs(1), octopus.settle())
+            .await
+            .expect("no upgrade left in flight");
+    }
+
+    #[test]
+    fn a_shutdown_during_the_pid_file_write_means_ready_is_never_reported() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("app.pid");
+        // The pid file is staged beside its path: a FIFO there holds the write until read.
+        let staged = dir
+            .path()
+            .join(format!(".app.pid.{}.tmp", std::process::id()));
+        rustix::fs::mkfifoat(rustix::fs::CWD, &staged, rustix::fs::Mode::from(0o600)).unwrap();
+        let (octopus, read) = started_by_upgrade_with(&Config::new().pid_file(&pid_file));
+        let handle = octopus.handle();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let reporting = std::thread::spawn(move || {
+            // `/proc/thread-self` links to `PID/task/TID`.
+            tid_tx
+                .send(std::fs::read_link("/proc/thread-self").unwrap())
+                .unwrap();
+            octopus.report_ready().unwrap()
+        });
+        let tid = tid_rx.recv().unwrap();
+        block_until("ready() waits on the pid file", || {
+            std::fs::read_to_string(Path::new("/proc").join(&tid).join("wchan"))
+                .is_ok_and(|wchan| wchan.contains("wait_for_partner"))
+        });
+        handle.shutdown();
+        let mut staged_write = std::fs::File::open(&staged).unwrap();
+        std::io::Read::read_to_end(&mut staged_write, &mut Vec::new()).unwrap();
+        assert_eq!(
+            reporting.join().unwrap(),
+            Reported::Declined {
+                parent_serves: true
+            }
+        );
+        assert!(!reported_ready(&read), "the old process must roll back");
+        assert_ne!(
+            pidfile::read_pid(&pid_file),
+            Some(std::process::id()),
+            "the pid file names no process that stopped before ready"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_octopus_in_one_process_is_refused_until_the_first_is_gone() {
+        let config = Config::new().handle_signals(false);
+        let first = Octopus::new(config.clone()).unwrap();
+        let err = Octopus::new(config.clone())
+            .err()
+            .expect("a second one is refused");
+        assert!(matches!(err, Error::SecondInstance), "{err}");
+        assert!(err.to_string().contains("one per process"), "{err}");
+        drop(first);
+        drop(Octopus::new(config).expect("the slot is free once the first is dropped"));
     }
 
     #[tokio::test]

@@ -99,6 +99,8 @@ pub(crate) trait ChildProcess: Send + 'static {
     fn wait(&mut self) -> impl Future<Output = io::Result<ExitStatus>> + Send;
     /// Sends SIGKILL; the caller still waits to reap.
     fn start_kill(&mut self) -> io::Result<()>;
+    /// Sends SIGTERM, asking the process to shut down gracefully; the caller still waits to reap.
+    fn terminate(&mut self) -> io::Result<()>;
 }
 
 /// Starts successors.
@@ -198,7 +200,24 @@ impl ChildProcess for OsChild {
             other => other,
         }
     }
+
+    fn terminate(&mut self) -> io::Result<()> {
+        // Not yet reaped (`try_wait` never saw it exit), so the pid is still this child's.
+        if self.child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        let pid = rustix::process::Pid::from_raw(self.pid as i32)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+        Ok(())
+    }
 }
+
+/// The signals that ask a process to upgrade. Their default action terminates, and a successor
+/// cannot catch them before its handlers are installed: it starts with them ignored instead
+/// (dispositions set to "ignore" survive `exec`; the handlers replace them). An upgrade asked of
+/// a process that is not serving yet is refused anyway, so nothing is lost.
+pub(crate) const UPGRADE_SIGNALS: [i32; 3] = [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2];
 
 impl Spawner for OsSpawner {
     type Child = OsChild;
@@ -233,13 +252,18 @@ impl Spawner for OsSpawner {
             command.env_remove(var);
         }
         command.envs(handover.to_env());
-        // SAFETY: the closure runs in the forked child before exec and only makes raw fcntl
-        // system calls (async-signal-safe, no allocation) on fds the parent keeps open until
-        // `spawn` returns.
+        // SAFETY: the closure runs in the forked child before exec and only makes raw fcntl and
+        // signal system calls (async-signal-safe, no allocation) on fds the parent keeps open
+        // until `spawn` returns.
         unsafe {
             command.pre_exec(move || {
                 for fd in &inherit {
                     rustix::io::fcntl_setfd(BorrowedFd::borrow_raw(*fd), FdFlags::empty())?;
+                }
+                for signal in UPGRADE_SIGNALS {
+                    if libc::signal(signal, libc::SIG_IGN) == libc::SIG_ERR {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });

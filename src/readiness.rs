@@ -7,6 +7,9 @@
 use std::io;
 use std::os::fd::OwnedFd;
 
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::pipe::PipeFlags;
 use tokio::io::AsyncReadExt;
 
@@ -33,9 +36,38 @@ pub(crate) async fn wait_ready(read: OwnedFd) -> io::Result<bool> {
     }
 }
 
-/// Reports ready on the write end, then closes it.
-pub(crate) fn notify_ready(write: OwnedFd) -> io::Result<()> {
-    let written = rustix::io::retry_on_intr(|| rustix::io::write(&write, &[READY]))?;
+/// How long the report may wait for room in the pipe. It is a fresh pipe holding nothing, so
+/// only a stray writer sharing it could fill it; a report must not hang the process on it.
+const WRITE_LIMIT: Duration = Duration::from_secs(1);
+
+/// Waits, at most [`WRITE_LIMIT`], until the write end can take the report without blocking.
+pub(crate) fn wait_writable(write: &OwnedFd) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + WRITE_LIMIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let timeout = Timespec::try_from(left).map_err(io::Error::other)?;
+        let mut fds = [PollFd::new(write, PollFlags::OUT)];
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the readiness pipe stayed full for {WRITE_LIMIT:?}"),
+                ))
+            }
+            Ok(_) if fds[0].revents().contains(PollFlags::OUT) => return Ok(()),
+            // POLLERR: the read end is closed; the write says so precisely.
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Reports ready on the write end without blocking: a full pipe is an error, not a hang.
+pub(crate) fn notify_ready(write: &OwnedFd) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(write)?;
+    rustix::fs::fcntl_setfl(write, flags | rustix::fs::OFlags::NONBLOCK)?;
+    let written = rustix::io::retry_on_intr(|| rustix::io::write(write, &[READY]))?;
     if written == 1 {
         Ok(())
     } else {
@@ -53,8 +85,29 @@ mod tests {
     #[tokio::test]
     async fn ready_byte_is_seen() {
         let (read, write) = pipe().unwrap();
-        notify_ready(write).unwrap();
+        wait_writable(&write).unwrap();
+        notify_ready(&write).unwrap();
+        drop(write);
         assert!(wait_ready(read).await.unwrap());
+    }
+
+    #[test]
+    fn a_full_pipe_is_an_error_within_the_limit_not_a_hang() {
+        let (_read, write) = pipe().unwrap();
+        let fill = [0u8; 4096];
+        let flags = rustix::fs::fcntl_getfl(&write).unwrap();
+        rustix::fs::fcntl_setfl(&write, flags | rustix::fs::OFlags::NONBLOCK).unwrap();
+        while rustix::io::write(&write, &fill).is_ok() {}
+        let started = std::time::Instant::now();
+        let err = wait_writable(&write).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(
+            started.elapsed() < WRITE_LIMIT * 3,
+            "{:?}",
+            started.elapsed()
+        );
+        let err = notify_ready(&write).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
     }
 
     #[tokio::test]

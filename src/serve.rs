@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::connection::{serve_connection, HttpService};
 use crate::drain::{Drain, DrainReport};
 use crate::error::Error;
-use crate::lifecycle::{Octopus, Stop};
+use crate::lifecycle::{Octopus, Reported, Stop};
 use crate::stream::{AnyListener, AnyStream};
 #[cfg(feature = "tls")]
 use crate::tls::Handshake;
@@ -181,7 +181,20 @@ impl Server {
         };
         let drain_timeout = self.config.drain_timeout;
         let mut earlier_drains: Vec<JoinHandle<DrainReport>> = Vec::new();
-        let mut first = true;
+        // Ready before the first accept: whatever can fail fails before this process holds a
+        // connection, and the previous process serves the shared sockets until then.
+        if octopus.report_ready()?
+            == (Reported::Declined {
+                parent_serves: true,
+            })
+        {
+            octopus.settle().await;
+            tracing::info!(
+                pid = std::process::id(),
+                "server shut down before it was ready; the old process keeps serving"
+            );
+            return Ok(DrainReport::default());
+        }
         let report = loop {
             let stop_accepting = CancellationToken::new();
             let accept_loops: Vec<_> = listeners
@@ -197,9 +210,6 @@ impl Server {
                     (accepting, tls)
                 })
                 .collect();
-            if std::mem::take(&mut first) {
-                octopus.ready()?;
-            }
             let stop = octopus.stopped().await;
             stop_accepting.cancel();
             for (accept_loop, tls) in accept_loops {

@@ -9,7 +9,8 @@
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::error::Error;
-use crate::lifecycle::{AfterUpgrade, Handle};
+use crate::lifecycle::{AfterUpgrade, WeakHandle};
+use crate::process::UPGRADE_SIGNALS;
 
 /// What a signal asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,13 +59,32 @@ impl Handlers {
         Ok(Handlers(streams))
     }
 
-    /// Acts on the signals, from a task, for the rest of the process's life.
-    pub fn serve(self, handle: Handle, kill_master: bool) {
+    /// Acts on the signals, from a task, as long as the generation behind `handle` lives.
+    pub fn serve(self, handle: WeakHandle, kill_master: bool) {
         serve(self.0, handle, kill_master);
     }
 }
 
-fn serve(mut streams: Vec<(&'static str, Signal)>, handle: Handle, kill_master: bool) {
+/// A successor starts with the upgrade signals ignored (see [`UPGRADE_SIGNALS`]). One that does
+/// not handle signals gives them back their default action, so that it, and the processes it
+/// starts, behave as if started normally.
+pub(crate) fn restore_default_upgrade_signals() {
+    for signal in UPGRADE_SIGNALS {
+        // SAFETY: sigaction with a null new action only reads the current one into `current`,
+        // a zeroed, valid `struct sigaction`.
+        let ignored = unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+                && current.sa_sigaction == libc::SIG_IGN
+        };
+        if ignored {
+            // SAFETY: installs the default disposition, which involves no handler code.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
+        }
+    }
+}
+
+fn serve(mut streams: Vec<(&'static str, Signal)>, weak: WeakHandle, kill_master: bool) {
     tokio::spawn(async move {
         loop {
             let received = std::future::poll_fn(|cx| {
@@ -76,9 +96,12 @@ fn serve(mut streams: Vec<(&'static str, Signal)>, handle: Handle, kill_master: 
                 std::task::Poll::Pending
             })
             .await;
+            // The generation is gone (its server returned): nothing left to act on.
+            let Some(handle) = weak.upgrade() else {
+                break;
+            };
             // Each signal is acted on in a task of its own: if the application's logging panics
             // (a subscriber writing to a closed stderr), that task dies, not the signal handling.
-            let handle = handle.clone();
             tokio::spawn(async move {
                 tracing::info!(pid = std::process::id(), "signal received: {received}");
                 match action_for(received, kill_master) {

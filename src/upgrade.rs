@@ -1,7 +1,11 @@
 //! One upgrade: start the successor, wait for its readiness report, roll back on any failure.
 //!
-//! Rollback means the old process does nothing but kill (if still running) and reap the new
-//! process: it never stopped accepting, so its service was not interrupted.
+//! Rollback means the old process does nothing but stop (if still running) and reap the new
+//! process: it never stopped accepting, so its service was not interrupted. A successor starts
+//! accepting only once it has reported ready, so one stopped before that has taken nothing from
+//! the shared sockets; it is still stopped with SIGTERM first (SIGKILL only if it does not exit in
+//! time), because its report may cross the decision to give up on it, and a successor that accepted
+//! connections must drain them rather than drop them.
 
 use std::io;
 use std::process::ExitStatus;
@@ -15,16 +19,20 @@ use crate::error::UpgradeError;
 use crate::listeners::Registry;
 use crate::process::{ChildProcess, Spawned, Spawner, StartInfo};
 
-/// How long a successor that closed its readiness pipe gets to exit before it is killed.
+/// How long a successor that closed its readiness pipe gets to exit before it is stopped.
 const EXIT_AFTER_CLOSE: Duration = Duration::from_secs(2);
 /// How long reaping a killed successor may take before giving up on it.
 const REAP_LIMIT: Duration = Duration::from_secs(5);
+/// Added to the drain timeout for a successor told to stop gracefully: the time to notice the
+/// signal, close its listeners and exit.
+const STOP_MARGIN: Duration = Duration::from_secs(1);
 
 /// Starts successors, one at a time.
 pub(crate) struct Upgrader<S: Spawner> {
     spawner: S,
     start: StartInfo,
     timeout: Duration,
+    stop_grace: Duration,
     in_flight: watch::Sender<bool>,
 }
 
@@ -40,6 +48,94 @@ impl Drop for Permit {
     }
 }
 
+/// A successor this process answers for. Dropped without [`Successor::hand_over`], it is killed
+/// and reaped with a log line: a successor can never be left running unannounced.
+pub(crate) struct Successor<C: ChildProcess> {
+    child: Option<C>,
+    stop_grace: Duration,
+}
+
+impl<C: ChildProcess> Successor<C> {
+    fn new(child: C, stop_grace: Duration) -> Self {
+        Successor {
+            child: Some(child),
+            stop_grace,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, ChildProcess::pid)
+    }
+
+    fn child(&mut self) -> &mut C {
+        self.child
+            .as_mut()
+            .expect("a successor is stopped or handed over only once")
+    }
+
+    /// The successor serves from now on: this process no longer stops it when dropped (for
+    /// example when this process exits after its drain). The caller still reaps it.
+    pub fn hand_over(mut self) -> C {
+        self.child.take().expect("a successor is handed over once")
+    }
+
+    /// Waits for the successor to exit by itself, and reaps it.
+    async fn wait(&mut self) -> io::Result<ExitStatus> {
+        let status = self.child().wait().await;
+        if status.is_ok() {
+            self.child = None;
+        }
+        status
+    }
+
+    /// Asks the successor to shut down gracefully (SIGTERM), so that whatever it accepted is
+    /// drained, not dropped; kills it if it has not exited within the grace; reaps it.
+    pub async fn stop(mut self) {
+        let pid = self.pid();
+        let grace = self.stop_grace;
+        let child = self.child();
+        if let Err(e) = child.terminate() {
+            tracing::warn!(pid, error = %e, "cannot send SIGTERM to new process {pid}");
+        }
+        match tokio::time::timeout(grace, child.wait()).await {
+            Ok(Ok(status)) => {
+                tracing::info!(pid, %status, "new process {pid} stopped and reaped ({status})");
+                self.child = None;
+                return;
+            }
+            Ok(Err(e)) => tracing::warn!(pid, error = %e, "cannot wait for new process {pid}"),
+            Err(_) => tracing::warn!(
+                pid,
+                "new process {pid} did not exit within {grace:?} of SIGTERM; killing it"
+            ),
+        }
+        kill_and_reap(child).await;
+        self.child = None;
+    }
+}
+
+impl<C: ChildProcess> Drop for Successor<C> {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = child.pid();
+        tracing::warn!(
+            pid,
+            "new process {pid} abandoned before it took over; killing and reaping it"
+        );
+        if let Err(e) = child.start_kill() {
+            tracing::warn!(pid, error = %e, "cannot kill new process {pid}");
+        }
+        // Killed already; without a runtime (the process is exiting) the kernel reaps it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(REAP_LIMIT, child.wait()).await;
+            });
+        }
+    }
+}
+
 enum Outcome {
     Ready,
     Exited(ExitStatus),
@@ -50,11 +146,13 @@ enum Outcome {
 }
 
 impl<S: Spawner> Upgrader<S> {
-    pub fn new(spawner: S, start: StartInfo, timeout: Duration) -> Self {
+    /// `drain_timeout` bounds how long a successor told to stop gracefully may take.
+    pub fn new(spawner: S, start: StartInfo, timeout: Duration, drain_timeout: Duration) -> Self {
         Upgrader {
             spawner,
             start,
             timeout,
+            stop_grace: drain_timeout + STOP_MARGIN,
             in_flight: watch::Sender::new(false),
         }
     }
@@ -74,7 +172,7 @@ impl<S: Spawner> Upgrader<S> {
         })
     }
 
-    /// Waits until no upgrade is in flight: a cancelled one has killed and reaped its process.
+    /// Waits until no upgrade is in flight: a cancelled one has stopped and reaped its process.
     pub async fn settled(&self) {
         let _ = self
             .in_flight
@@ -85,20 +183,17 @@ impl<S: Spawner> Upgrader<S> {
 
     /// Starts a successor with the listeners of `registry` and waits until it is ready.
     ///
-    /// On any failure the successor is killed if needed and reaped before this returns.
+    /// On any failure the successor is stopped if needed and reaped before this returns.
     pub async fn run(
         &self,
         _permit: &Permit,
         registry: &Registry,
         cancel: &CancellationToken,
-    ) -> Result<S::Child, UpgradeError> {
-        let Spawned { mut child, ready } = registry
-            .with_handover(|fds| self.spawner.spawn(&self.start, fds))
-            .map_err(|source| UpgradeError::Spawn {
-                program: self.start.program.clone(),
-                source,
-            })?;
-        let pid = child.pid();
+    ) -> Result<Successor<S::Child>, UpgradeError> {
+        let spawned = registry.with_handover(|fds| self.spawner.spawn(&self.start, fds));
+        let Spawned { child, ready } = spawned.map_err(|source| self.spawn_error(source))?;
+        let mut successor = Successor::new(child, self.stop_grace);
+        let pid = successor.pid();
         tracing::info!(
             pid,
             old_pid = std::process::id(),
@@ -113,7 +208,7 @@ impl<S: Spawner> Upgrader<S> {
                 Ok(false) => Outcome::Closed,
                 Err(e) => Outcome::WatchFailed(e),
             },
-            status = child.wait() => match status {
+            status = successor.wait() => match status {
                 Ok(status) => Outcome::Exited(status),
                 Err(e) => Outcome::WatchFailed(e),
             },
@@ -121,17 +216,19 @@ impl<S: Spawner> Upgrader<S> {
             _ = cancel.cancelled() => Outcome::Cancelled,
         };
         let outcome = match outcome {
-            Outcome::Closed => match tokio::time::timeout(EXIT_AFTER_CLOSE, child.wait()).await {
-                Ok(Ok(status)) => Outcome::Exited(status),
-                Ok(Err(e)) => Outcome::WatchFailed(e),
-                Err(_) => Outcome::Closed,
-            },
+            Outcome::Closed => {
+                match tokio::time::timeout(EXIT_AFTER_CLOSE, successor.wait()).await {
+                    Ok(Ok(status)) => Outcome::Exited(status),
+                    Ok(Err(e)) => Outcome::WatchFailed(e),
+                    Err(_) => Outcome::Closed,
+                }
+            }
             other => other,
         };
         let error = match outcome {
             Outcome::Ready => {
                 tracing::info!(pid, old_pid = std::process::id(), "new process ready");
-                return Ok(child);
+                return Ok(successor);
             }
             Outcome::Exited(status) => return Err(UpgradeError::Exited { pid, status }),
             Outcome::Closed => UpgradeError::ClosedWithoutReady { pid },
@@ -142,8 +239,27 @@ impl<S: Spawner> Upgrader<S> {
             Outcome::Cancelled => UpgradeError::Cancelled { pid },
             Outcome::WatchFailed(source) => UpgradeError::Watch { pid, source },
         };
-        kill_and_reap(&mut child).await;
+        successor.stop().await;
         Err(error)
+    }
+
+    /// A removed working directory makes `exec` fail with "No such file or directory" too: name
+    /// the directory rather than let the program be blamed.
+    fn spawn_error(&self, source: io::Error) -> UpgradeError {
+        match std::fs::metadata(&self.start.cwd) {
+            Ok(meta) if meta.is_dir() => UpgradeError::Spawn {
+                program: self.start.program.clone(),
+                source,
+            },
+            Ok(_) => UpgradeError::WorkingDirectory {
+                dir: self.start.cwd.clone(),
+                source: io::Error::from(io::ErrorKind::NotADirectory),
+            },
+            Err(e) => UpgradeError::WorkingDirectory {
+                dir: self.start.cwd.clone(),
+                source: e,
+            },
+        }
     }
 }
 
@@ -178,12 +294,15 @@ mod tests {
         ExitAfter(Duration, i32),
         CloseAndLinger,
         Hang,
+        /// Never ready, and ignores SIGTERM: only SIGKILL ends it.
+        HangIgnoringTerm,
         CannotStart,
     }
 
     #[derive(Default)]
     struct Record {
         spawned: usize,
+        terminated: usize,
         killed: usize,
         reaped: usize,
     }
@@ -193,9 +312,12 @@ mod tests {
         record: Arc<Mutex<Record>>,
     }
 
+    /// A fake process: exits by itself as scripted, on SIGKILL, and on SIGTERM unless scripted
+    /// to ignore it.
     struct FakeChild {
         exit: Option<(Duration, i32)>,
-        kill: watch::Sender<bool>,
+        obeys_term: bool,
+        signal: watch::Sender<i32>,
         record: Arc<Mutex<Record>>,
     }
 
@@ -205,8 +327,9 @@ mod tests {
         }
 
         fn wait(&mut self) -> impl std::future::Future<Output = io::Result<ExitStatus>> + Send {
-            let mut killed = self.kill.subscribe();
+            let mut signal = self.signal.subscribe();
             let exit = self.exit;
+            let obeys_term = self.obeys_term;
             let record = self.record.clone();
             async move {
                 let natural = async {
@@ -218,9 +341,10 @@ mod tests {
                         None => std::future::pending().await,
                     }
                 };
+                let signalled = signal.wait_for(|s| *s == 9 || (*s == 15 && obeys_term));
                 let status = tokio::select! {
                     status = natural => status,
-                    _ = killed.wait_for(|k| *k) => ExitStatus::from_raw(9),
+                    s = signalled => ExitStatus::from_raw(*s.unwrap()),
                 };
                 record.lock().unwrap().reaped += 1;
                 Ok(status)
@@ -229,7 +353,19 @@ mod tests {
 
         fn start_kill(&mut self) -> io::Result<()> {
             self.record.lock().unwrap().killed += 1;
-            self.kill.send_replace(true);
+            self.signal.send_replace(9);
+            Ok(())
+        }
+
+        fn terminate(&mut self) -> io::Result<()> {
+            self.record.lock().unwrap().terminated += 1;
+            self.signal.send_if_modified(|s| {
+                let first = *s == 0;
+                if first {
+                    *s = 15;
+                }
+                first
+            });
             Ok(())
         }
     }
@@ -258,12 +394,15 @@ mod tests {
                     Ok(false)
                 }),
                 Script::CloseAndLinger => Box::pin(async { Ok(false) }),
-                Script::Hang | Script::CannotStart => Box::pin(std::future::pending()),
+                Script::Hang | Script::HangIgnoringTerm | Script::CannotStart => {
+                    Box::pin(std::future::pending())
+                }
             };
             Ok(Spawned {
                 child: FakeChild {
                     exit,
-                    kill: watch::channel(false).0,
+                    obeys_term: !matches!(self.script, Script::HangIgnoringTerm),
+                    signal: watch::channel(0).0,
                     record: self.record.clone(),
                 },
                 ready,
@@ -271,70 +410,123 @@ mod tests {
         }
     }
 
-    fn upgrader(script: Script) -> (Upgrader<FakeSpawner>, Arc<Mutex<Record>>) {
+    const DRAIN: Duration = Duration::from_secs(5);
+
+    fn upgrader_in(script: Script, cwd: &str) -> (Upgrader<FakeSpawner>, Arc<Mutex<Record>>) {
         let record = Arc::new(Mutex::new(Record::default()));
         let start = StartInfo {
             program: "/srv/app/server".into(),
             argv0: "server".into(),
             args: vec![],
-            cwd: "/".into(),
+            cwd: cwd.into(),
         };
         let spawner = FakeSpawner {
             script,
             record: record.clone(),
         };
         (
-            Upgrader::new(spawner, start, Duration::from_millis(200)),
+            Upgrader::new(spawner, start, Duration::from_millis(200), DRAIN),
             record,
         )
     }
 
-    async fn run(upgrader: &Upgrader<FakeSpawner>) -> Result<FakeChild, UpgradeError> {
+    fn upgrader(script: Script) -> (Upgrader<FakeSpawner>, Arc<Mutex<Record>>) {
+        upgrader_in(script, "/")
+    }
+
+    async fn run(upgrader: &Upgrader<FakeSpawner>) -> Result<Successor<FakeChild>, UpgradeError> {
         let permit = upgrader.begin().unwrap();
         upgrader
             .run(&permit, &Registry::default(), &CancellationToken::new())
             .await
     }
 
-    #[tokio::test]
-    async fn ready_child_is_returned_alive() {
-        let (upgrader, record) = upgrader(Script::ReadyAfter(Duration::from_millis(10)));
-        run(&upgrader).await.unwrap();
+    fn counts(record: &Mutex<Record>) -> (usize, usize, usize) {
         let record = record.lock().unwrap();
-        assert_eq!((record.spawned, record.killed, record.reaped), (1, 0, 0));
+        (record.terminated, record.killed, record.reaped)
     }
 
-    #[tokio::test]
+    /// Lets tasks spawned by a drop run (the fake clock advances only when all are idle).
+    async fn settle_tasks() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_child_is_returned_alive() {
+        let (upgrader, record) = upgrader(Script::ReadyAfter(Duration::from_millis(10)));
+        let successor = run(&upgrader).await.unwrap();
+        assert_eq!(record.lock().unwrap().spawned, 1);
+        assert_eq!(counts(&record), (0, 0, 0));
+        drop(successor.hand_over());
+        settle_tasks().await;
+        assert_eq!(
+            counts(&record),
+            (0, 0, 0),
+            "a handed-over process is never killed"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ready_successor_dropped_without_hand_over_is_killed_and_reaped() {
+        let (upgrader, record) = upgrader(Script::ReadyAfter(Duration::from_millis(10)));
+        let successor = run(&upgrader).await.unwrap();
+        drop(successor);
+        settle_tasks().await;
+        assert_eq!(counts(&record), (0, 1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_a_ready_successor_asks_it_to_drain_first() {
+        let (upgrader, record) = upgrader(Script::ReadyAfter(Duration::from_millis(10)));
+        run(&upgrader).await.unwrap().stop().await;
+        assert_eq!(counts(&record), (1, 0, 1), "SIGTERM was enough: no SIGKILL");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_successor_ignoring_sigterm_is_killed_after_the_drain_timeout() {
+        let (upgrader, record) = upgrader(Script::HangIgnoringTerm);
+        let started = Instant::now();
+        let err = run(&upgrader).await.map(|_| ()).unwrap_err();
+        assert!(matches!(err, UpgradeError::Timeout { .. }), "{err}");
+        assert_eq!(counts(&record), (1, 1, 1));
+        let took = started.elapsed();
+        let grace = DRAIN + STOP_MARGIN;
+        assert!(
+            took >= Duration::from_millis(200) + grace && took < Duration::from_millis(300) + grace,
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn child_exiting_before_ready_is_reaped_and_reported() {
         let (upgrader, record) = upgrader(Script::ExitAfter(Duration::from_millis(10), 1));
         match run(&upgrader).await {
             Err(UpgradeError::Exited { pid: 4242, status }) => assert_eq!(status.code(), Some(1)),
             other => panic!("{:?}", other.map(|_| ())),
         }
-        let record = record.lock().unwrap();
-        assert_eq!((record.killed, record.reaped), (0, 1));
+        settle_tasks().await;
+        assert_eq!(counts(&record), (0, 0, 1), "reaped once, never signalled");
     }
 
-    #[tokio::test]
-    async fn child_never_ready_is_killed_at_the_timeout() {
+    #[tokio::test(start_paused = true)]
+    async fn child_never_ready_is_stopped_at_the_timeout() {
         let (upgrader, record) = upgrader(Script::Hang);
         let started = Instant::now();
         let err = run(&upgrader).await.map(|_| ()).unwrap_err();
         assert!(matches!(err, UpgradeError::Timeout { .. }), "{err}");
         assert!(started.elapsed() >= Duration::from_millis(200));
-        let record = record.lock().unwrap();
-        assert_eq!((record.killed, record.reaped), (1, 1));
+        assert_eq!(counts(&record), (1, 0, 1));
     }
 
-    #[tokio::test]
-    async fn child_closing_the_pipe_but_staying_alive_is_killed() {
+    #[tokio::test(start_paused = true)]
+    async fn child_closing_the_pipe_but_staying_alive_is_stopped() {
         let (upgrader, record) = upgrader(Script::CloseAndLinger);
         let err = run(&upgrader).await.map(|_| ()).unwrap_err();
         assert!(
             matches!(err, UpgradeError::ClosedWithoutReady { .. }),
             "{err}"
         );
-        assert_eq!(record.lock().unwrap().reaped, 1);
+        assert_eq!(counts(&record), (1, 0, 1));
     }
 
     #[tokio::test]
@@ -345,7 +537,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn cancellation_kills_and_reaps() {
+    async fn a_removed_working_directory_is_named_rather_than_the_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let cwd = dir.path().join("release-41");
+        let (upgrader, _) = upgrader_in(Script::CannotStart, cwd.to_str().unwrap());
+        let err = run(&upgrader).await.map(|_| ()).unwrap_err();
+        assert!(
+            matches!(&err, UpgradeError::WorkingDirectory { dir, .. } if *dir == cwd),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("release-41") && !text.contains("/srv/app/server"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancellation_stops_and_reaps() {
         let (upgrader, record) = upgrader(Script::Hang);
         let cancel = CancellationToken::new();
         cancel.cancel();
@@ -356,7 +565,7 @@ mod tests {
             .map(|_| ())
             .unwrap_err();
         assert!(matches!(err, UpgradeError::Cancelled { .. }), "{err}");
-        assert_eq!(record.lock().unwrap().reaped, 1);
+        assert_eq!(counts(&record), (1, 0, 1));
     }
 
     #[test]

@@ -258,10 +258,10 @@ fn sigterm_during_an_upgrade_cancels_it_kills_and_reaps_the_child_and_exits_0() 
     signal(server.first_pid(), Signal::TERM);
     let line = server.wait_for(&["upgrade cancelled by shutdown"]);
     assert!(
-        line.contains(&format!("new process {child} was killed")),
+        line.contains(&format!("new process {child} was stopped and reaped")),
         "{line}"
     );
-    server.wait_for(&["new process reaped", &format!("pid={child}")]);
+    server.wait_for(&["stopped and reaped", &format!("pid={child}")]);
     assert!(server.wait_first_exit().success());
     assert!(is_gone(child), "the child was reaped by the old process");
 }
