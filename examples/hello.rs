@@ -44,6 +44,10 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = seconds)]
     drain_timeout: f64,
 
+    /// Seconds a keep-alive connection that sends nothing once the drain began is kept open
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = seconds)]
+    idle_grace: f64,
+
     /// Seconds a new process gets to become ready before the upgrade is rolled back
     #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = seconds)]
     upgrade_timeout: f64,
@@ -146,6 +150,7 @@ async fn main() -> ExitCode {
     let mut config = Config::new()
         .kill_master(args.kill_master)
         .drain_timeout(Duration::from_secs_f64(args.drain_timeout))
+        .idle_grace(Duration::from_secs_f64(args.idle_grace))
         .upgrade_timeout(Duration::from_secs_f64(args.upgrade_timeout))
         .pre_drain(Duration::from_secs_f64(args.pre_drain));
     if let Some(path) = &args.pid_file {

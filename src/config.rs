@@ -69,7 +69,8 @@ impl Config {
 
     /// How long an HTTP/1 keep-alive connection that sends nothing after a drain begins is kept
     /// open before it is closed. A request that arrives meanwhile is answered with
-    /// `Connection: close`, so a client is never cut while its next request is on the wire.
+    /// `Connection: close`, so a client is never cut while its next request is on the wire; so is
+    /// one whose first bytes arrived before the grace ended (or it is cut at the drain deadline).
     /// Default 1 s (always bounded by the drain timeout).
     pub fn idle_grace(mut self, grace: Duration) -> Self {
         self.idle_grace = grace;

@@ -3,7 +3,9 @@
 //! HTTP/1 keep-alive connections are retired without racing the client: once the drain starts the
 //! connection keeps being read, its next response carries `Connection: close` (so the client opens
 //! a new connection, to the new process), and only a connection that stays idle for the idle grace
-//! is closed by the server. HTTP/2 connections get GOAWAY at once and their open streams finish.
+//! is closed by the server: one with part of a request received at the grace is left to finish it
+//! and be answered, or to be cut at the drain deadline. HTTP/2 connections get GOAWAY at once and
+//! their open streams finish.
 //! A connection taken over by an HTTP upgrade (WebSocket) keeps the drain open until the
 //! application drops it, and fails its reads and writes at the drain deadline.
 
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 use http::header::{HeaderValue, CONNECTION};
 use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -63,6 +66,17 @@ struct Shared {
     draining: Draining,
     drain: Drain,
     http2: AtomicBool,
+    /// Set by the first HTTP/1 request. Before it, hyper's graceful shutdown already keeps a
+    /// connection whose first head is partly read, and bytes read may be an HTTP/2 preface.
+    http1: AtomicBool,
+    /// Whether bytes were read that no dispatched request accounts for: the start of a request
+    /// head. Hyper's graceful shutdown closes a connection between two requests even with part of
+    /// the next head buffered, so the idle grace must not call it then. Set on every read that
+    /// returns bytes, cleared when a request is dispatched and when the response to a request
+    /// with a body is produced (its body bytes are not a next request). A body the application
+    /// left unread is drained by hyper after the response, which sets this again: such a
+    /// connection is then left to the client or the drain deadline rather than closed at the grace.
+    unclaimed_bytes: AtomicBool,
     /// Set once a response hands the connection to the application (101 or CONNECT).
     upgraded: OnceLock<Hold>,
 }
@@ -84,6 +98,8 @@ where
         draining: draining.clone(),
         drain,
         http2: AtomicBool::new(false),
+        http1: AtomicBool::new(false),
+        unclaimed_bytes: AtomicBool::new(false),
         upgraded: OnceLock::new(),
     });
     let service = CloseWhenDraining {
@@ -109,6 +125,11 @@ where
             result = connection.as_mut() => return result,
             () = tokio::time::sleep(idle_grace) => {}
         }
+        if shared.http1.load(Ordering::Relaxed) && shared.unclaimed_bytes.load(Ordering::Relaxed) {
+            // A request is arriving: its response carries `Connection: close`, after which hyper
+            // closes the connection; a client that never finishes it is cut at the deadline.
+            return connection.await;
+        }
     }
     connection.as_mut().graceful_shutdown();
     connection.await
@@ -130,15 +151,21 @@ where
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let http1 = request.version() < Version::HTTP_2;
-        if !http1 {
+        if http1 {
+            self.shared.http1.store(true, Ordering::Relaxed);
+            self.shared.unclaimed_bytes.store(false, Ordering::Relaxed);
+        } else {
             self.shared.http2.store(true, Ordering::Relaxed);
         }
         let connect = request.method() == Method::CONNECT;
+        // Without a body, bytes read while the request is served can only be a next request.
+        let has_body = !request.body().is_end_stream();
         CloseWhenDrainingFuture {
             inner: self.inner.call(request),
             watch: http1.then(|| Http1Watch {
                 shared: self.shared.clone(),
                 connect,
+                has_body,
             }),
         }
     }
@@ -147,6 +174,7 @@ where
 struct Http1Watch {
     shared: Arc<Shared>,
     connect: bool,
+    has_body: bool,
 }
 
 pin_project_lite::pin_project! {
@@ -167,6 +195,9 @@ where
         let this = self.project();
         let mut response = ready!(this.inner.poll(cx))?;
         if let Some(watch) = this.watch.as_ref() {
+            if watch.has_body {
+                watch.shared.unclaimed_bytes.store(false, Ordering::Relaxed);
+            }
             let status = response.status();
             if status == StatusCode::SWITCHING_PROTOCOLS || (watch.connect && status.is_success()) {
                 let _ = watch.shared.upgraded.set(watch.shared.drain.hold());
@@ -214,7 +245,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for UpgradableIo<IO> {
         if self.is_cut(cx) {
             return Poll::Ready(Err(cut_error()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            self.shared.unclaimed_bytes.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -251,5 +287,182 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for UpgradableIo<IO> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::sync::mpsc;
+    use tokio::task::JoinHandle;
+    use tokio::time::{timeout, Instant};
+
+    use crate::drain::DrainReport;
+
+    const GRACE: Duration = Duration::from_millis(50);
+    /// The grace of a witness connection: the runtime handles the others' grace before its close.
+    const LATER_GRACE: Duration = Duration::from_millis(300);
+    /// Bounds every wait for the server.
+    const WAIT: Duration = Duration::from_secs(10);
+    /// Shorter than `WAIT`, so a connection held to the deadline shows as cut.
+    const DEADLINE: Duration = Duration::from_secs(3);
+
+    /// A connection served with `grace` by a service that reads each request body whole, answers
+    /// `pong`, and reports each call on `called`.
+    fn open(drain: &Drain, grace: Duration, called: mpsc::UnboundedSender<()>) -> DuplexStream {
+        let (client, server) = tokio::io::duplex(1024);
+        let service = tower::service_fn(move |request: Request<Incoming>| {
+            let _ = called.send(());
+            async move {
+                request.into_body().collect().await?;
+                Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"pong\n"))))
+            }
+        });
+        let for_task = drain.clone();
+        drain.spawn(move |draining| async move {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let _ = serve_connection(&builder, server, service, for_task, draining, grace).await;
+        });
+        client
+    }
+
+    fn calls() -> mpsc::UnboundedSender<()> {
+        mpsc::unbounded_channel().0
+    }
+
+    /// Reads one `pong` response, lower-cased.
+    async fn response(client: &mut DuplexStream) -> String {
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !raw.ends_with(b"\r\n\r\npong\n") {
+            let n = timeout(WAIT, client.read(&mut chunk))
+                .await
+                .expect("no response in time")
+                .unwrap();
+            assert!(
+                n > 0,
+                "closed before a response: {:?}",
+                String::from_utf8_lossy(&raw)
+            );
+            raw.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(raw).unwrap().to_ascii_lowercase()
+    }
+
+    /// One exchange, after which the connection is a reused keep-alive connection.
+    async fn exchange(client: &mut DuplexStream) {
+        client
+            .write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let reply = response(client).await;
+        assert!(
+            reply.starts_with("http/1.1 200") && !reply.contains("connection: close"),
+            "{reply}"
+        );
+    }
+
+    async fn closed(client: &mut DuplexStream) {
+        let mut rest = Vec::new();
+        timeout(WAIT, client.read_to_end(&mut rest))
+            .await
+            .expect("the server did not close the connection in time")
+            .unwrap();
+        assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    }
+
+    fn start_drain(drain: &Drain, deadline: Duration) -> JoinHandle<DrainReport> {
+        let drain = drain.clone();
+        tokio::spawn(async move { drain.run(deadline).await })
+    }
+
+    #[tokio::test]
+    async fn a_silent_keep_alive_connection_is_closed_at_the_grace() {
+        let drain = Drain::new();
+        let mut client = open(&drain, GRACE, calls());
+        exchange(&mut client).await;
+        let started = Instant::now();
+        let run = start_drain(&drain, DEADLINE);
+        closed(&mut client).await;
+        assert!(started.elapsed() >= GRACE, "closed before the grace");
+        let report = run.await.unwrap();
+        assert_eq!((report.open_at_start, report.cut), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_head_half_received_at_the_grace_is_answered_once_complete() {
+        let drain = Drain::new();
+        let mut late = open(&drain, GRACE, calls());
+        let mut witness = open(&drain, LATER_GRACE, calls());
+        exchange(&mut late).await;
+        exchange(&mut witness).await;
+        late.write_all(b"GET /ping HTTP/1.1\r\nHo").await.unwrap();
+        let run = start_drain(&drain, DEADLINE);
+        closed(&mut witness).await;
+        late.write_all(b"st: x\r\n\r\n").await.unwrap();
+        let reply = response(&mut late).await;
+        assert!(
+            reply.starts_with("http/1.1 200") && reply.contains("connection: close"),
+            "{reply}"
+        );
+        closed(&mut late).await;
+        let report = run.await.unwrap();
+        assert_eq!((report.open_at_start, report.cut), (2, 0));
+    }
+
+    #[tokio::test]
+    async fn a_first_head_half_received_at_the_grace_is_answered_once_complete() {
+        let drain = Drain::new();
+        let mut late = open(&drain, GRACE, calls());
+        let mut witness = open(&drain, LATER_GRACE, calls());
+        exchange(&mut witness).await;
+        late.write_all(b"GET /ping HTTP/1.1\r\nHo").await.unwrap();
+        let run = start_drain(&drain, DEADLINE);
+        closed(&mut witness).await;
+        late.write_all(b"st: x\r\n\r\n").await.unwrap();
+        let reply = response(&mut late).await;
+        assert!(
+            reply.starts_with("http/1.1 200") && reply.contains("connection: close"),
+            "{reply}"
+        );
+        let report = run.await.unwrap();
+        assert_eq!((report.open_at_start, report.cut), (2, 0));
+    }
+
+    #[tokio::test]
+    async fn a_head_never_completed_is_cut_at_the_deadline() {
+        let drain = Drain::new();
+        let mut late = open(&drain, GRACE, calls());
+        exchange(&mut late).await;
+        late.write_all(b"GET /ping HTTP/1.1\r\nHo").await.unwrap();
+        let report = start_drain(&drain, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert_eq!((report.open_at_start, report.cut), (1, 1));
+        closed(&mut late).await;
+    }
+
+    #[tokio::test]
+    async fn a_body_read_after_dispatch_does_not_keep_an_idle_connection_open() {
+        let drain = Drain::new();
+        let (called, mut calls) = mpsc::unbounded_channel();
+        let mut client = open(&drain, GRACE, called);
+        client
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nfirst")
+            .await
+            .unwrap();
+        timeout(WAIT, calls.recv())
+            .await
+            .expect("the request is dispatched");
+        client.write_all(b"half.").await.unwrap();
+        let reply = response(&mut client).await;
+        assert!(reply.starts_with("http/1.1 200"), "{reply}");
+        let run = start_drain(&drain, DEADLINE);
+        closed(&mut client).await;
+        let report = run.await.unwrap();
+        assert_eq!((report.open_at_start, report.cut), (1, 0));
     }
 }

@@ -112,6 +112,81 @@ fn keep_alive_connection_is_told_to_close_not_cut() {
     assert!(server.wait_first_exit().success());
 }
 
+/// A reused keep-alive connection: one exchange done, no `Connection: close` in its answer.
+fn keep_alive(port: u16) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(stream, "GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).unwrap();
+    let reply = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(
+        reply.starts_with("http/1.1 200") && !reply.contains("connection: close"),
+        "{reply}"
+    );
+    stream
+}
+
+#[test]
+fn a_request_head_half_received_at_the_idle_grace_is_answered() {
+    let mut server = Hello::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--drain-timeout",
+        "10",
+        "--idle-grace",
+        "2",
+    ]);
+    let port = server.port();
+    let mut idle = keep_alive(port);
+    let mut late = keep_alive(port);
+    let mut witness = keep_alive(port);
+    signal(server.first_pid(), Signal::TERM);
+    server.wait_for(&["draining connections"]);
+    late.write_all(b"GET /ping HTTP/1.1\r\nHo").unwrap();
+    // Its sleep starts after the drain did and ends 0.7 s after the grace: once it is answered,
+    // the server has handled the half-received head's grace too.
+    write!(
+        witness,
+        "GET /sleep?ms=2700 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .unwrap();
+    // The graces of all connections began together: the idle one still open means the half head
+    // reached the server before the grace ended.
+    idle.set_nonblocking(true).unwrap();
+    match idle.peek(&mut [0u8; 1]) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!(
+            "premise failed: the idle connection was already closed ({other:?}) when the half \
+             head was sent, so the idle grace ended first"
+        ),
+    }
+    idle.set_nonblocking(false).unwrap();
+    let mut after = Vec::new();
+    idle.read_to_end(&mut after)
+        .expect("the idle connection is closed at the idle grace");
+    assert!(after.is_empty(), "{}", String::from_utf8_lossy(&after));
+    let slept = read_reply(witness).expect("the request in flight is answered");
+    assert_eq!((slept.status, slept.body.as_str()), (200, "slept 2700\n"));
+    late.write_all(b"st: 127.0.0.1\r\n\r\n").unwrap();
+    let reply = read_reply(late)
+        .expect("a connection with part of a request received must get its response");
+    assert_eq!((reply.status, reply.body.as_str()), (200, "pong\n"));
+    assert!(
+        reply
+            .headers
+            .to_ascii_lowercase()
+            .contains("connection: close"),
+        "{}",
+        reply.headers
+    );
+    assert!(server.wait_first_exit().success());
+    let line = server.wait_for(&["exiting with status 0"]);
+    assert!(line.contains("cut=0"), "{line}");
+}
+
 #[test]
 fn port_in_use_is_a_clear_error_and_a_non_zero_exit() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
