@@ -137,6 +137,87 @@ fn make_private(fd: BorrowedFd<'_>) -> Result<(), String> {
     rustix::io::ioctl_fionbio(fd, true).map_err(|e| format!("cannot be made non-blocking ({e})"))
 }
 
+/// Whether the listening Unix socket `fd` is bound to the socket file `file`, or `None` when this
+/// system cannot tell.
+///
+/// A socket file's inode is not the socket's (fstat on the fd names a sockfs inode), and
+/// `getsockname` or `/proc/net/unix` give the path the socket was bound to, not whether that path
+/// still leads to it. Linux's sock_diag does: it reports the device and inode of the file the socket
+/// was bound to, which either are the file now at the path or are not.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn is_bound_to(fd: BorrowedFd<'_>, file: &std::fs::Metadata) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let (dev, ino) = bound_file(fd)?;
+    // The kernel reports its own device encoding (20 minor bits) and a 32-bit inode number.
+    let same_dev = dev >> 20 == rustix::fs::major(file.dev())
+        && dev & 0xf_ffff == rustix::fs::minor(file.dev());
+    Some(same_dev && u64::from(ino) == file.ino() & u64::from(u32::MAX))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn is_bound_to(_fd: BorrowedFd<'_>, _file: &std::fs::Metadata) -> Option<bool> {
+    None
+}
+
+/// The device (kernel encoding) and inode of the file a Unix socket was bound to, asked of the
+/// kernel with one sock_diag request (`SOCK_DIAG_BY_FAMILY`, `UDIAG_SHOW_VFS`); `None` if the
+/// kernel does not answer it (no `unix_diag` support, or a socket with no file).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn bound_file(fd: BorrowedFd<'_>) -> Option<(u32, u32)> {
+    use rustix::net::{netlink, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+    // From linux/sock_diag.h, linux/netlink.h and linux/unix_diag.h.
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLM_F_REQUEST: u16 = 1;
+    const NLMSG_HEADER: usize = 16;
+    const UNIX_DIAG_MSG: usize = 16;
+    const UDIAG_SHOW_VFS: u32 = 2;
+    const UNIX_DIAG_VFS: u16 = 1;
+    const AF_UNIX: u8 = 1;
+    let ino = u32::try_from(rustix::fs::fstat(fd).ok()?.st_ino).ok()?;
+    let diag = rustix::net::socket_with(
+        AddressFamily::NETLINK,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        Some(netlink::SOCK_DIAG),
+    )
+    .ok()?;
+    let mut request = Vec::with_capacity(40);
+    request.extend_from_slice(&40u32.to_ne_bytes());
+    request.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    request.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    request.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
+    request.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel assigns it
+    request.extend_from_slice(&[AF_UNIX, 0, 0, 0]); // family, protocol, padding
+    request.extend_from_slice(&0u32.to_ne_bytes()); // states: ignored for one socket
+    request.extend_from_slice(&ino.to_ne_bytes());
+    request.extend_from_slice(&UDIAG_SHOW_VFS.to_ne_bytes());
+    request.extend_from_slice(&[0xff; 8]); // no cookie: look the socket up by inode
+    rustix::net::send(&diag, &request, SendFlags::empty()).ok()?;
+    // The kernel answers a single-socket request while handling the send, so the reply is
+    // already queued: never wait for it.
+    let mut reply = [0u8; 256];
+    let (len, _) = rustix::net::recv(&diag, &mut reply, RecvFlags::DONTWAIT).ok()?;
+    let reply = reply.get(..len)?;
+    let u16_at = |at: usize| Some(u16::from_ne_bytes(reply.get(at..at + 2)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_ne_bytes(reply.get(at..at + 4)?.try_into().ok()?));
+    if u16_at(4)? != SOCK_DIAG_BY_FAMILY || u32_at(NLMSG_HEADER + 4)? != ino {
+        return None;
+    }
+    let end = usize::try_from(u32_at(0)?).ok()?.min(reply.len());
+    let mut at = NLMSG_HEADER + UNIX_DIAG_MSG;
+    while at + 4 <= end {
+        let attr_len = usize::from(u16_at(at)?);
+        if u16_at(at + 2)? == UNIX_DIAG_VFS && attr_len >= 12 {
+            return Some((u32_at(at + 8)?, u32_at(at + 4)?));
+        }
+        if attr_len < 4 {
+            return None;
+        }
+        at += (attr_len + 3) & !3;
+    }
+    None
+}
+
 /// Whether a socket bound to `actual` satisfies the requested `HOST:PORT`.
 pub(crate) fn tcp_matches(requested: &str, actual: SocketAddr) -> Result<(), String> {
     let wanted: Vec<SocketAddr> = requested
@@ -161,7 +242,7 @@ pub(crate) fn tcp_matches(requested: &str, actual: SocketAddr) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsFd, AsRawFd};
 
     const VAR: &str = "OCTOPUS_LISTENERS";
 
@@ -253,6 +334,20 @@ mod tests {
         let key = ListenerKey::tcp(format!("127.0.0.1:{other}"));
         let p = problem(adopt_listener(VAR, listener.as_raw_fd(), &key));
         assert!(p.contains(&format!("listens on 127.0.0.1:{port}")), "{p}");
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn tells_a_unix_sockets_own_file_from_another_socket_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sock");
+        let ours = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let file = std::fs::metadata(&path).unwrap();
+        assert_eq!(is_bound_to(ours.as_fd(), &file), Some(true));
+        std::fs::remove_file(&path).unwrap();
+        let _theirs = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let file = std::fs::metadata(&path).unwrap();
+        assert_eq!(is_bound_to(ours.as_fd(), &file), Some(false));
     }
 
     #[test]

@@ -75,6 +75,8 @@
 //! |---|---|
 //! | a listener is bound, inherited, or taken from systemd | `listener created`, `listener adopted`, `listener adopted from systemd` |
 //! | [`Server`] serves it | `listening on ADDRESS` |
+//! | an inherited Unix socket's path was removed while serving (warning, `path=`) | `the Unix socket path was removed while serving, so nobody could connect; re-creating it`, then `listening on a new socket at the path; …` or `cannot re-create the Unix socket path (ERROR); …` |
+//! | an inherited Unix socket's path leads elsewhere (warning, `path=`) | `the Unix socket path is not a socket any more; …`, `the Unix socket path was removed while serving and another socket file is there now; …` |
 //! | [`Octopus::ready`] | `server started` (`pid=`), and in a new process `reported ready to the old process` or `the old process is gone; serving alone` |
 //! | a signal arrives | `signal received: SIGHUP` (or `SIGUSR1`, …) |
 //! | an upgrade | `new process spawned`, then `new process ready`, then `old process draining; new process N serves` or `old process kept alive beside new process N` |

@@ -3,6 +3,8 @@
 
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -244,11 +246,22 @@ impl Octopus {
     /// The Unix domain stream socket at `path`: the one the previous process had, or a new one
     /// with permission bits `mode` (a stale socket file from a crashed run is replaced). The path
     /// is never removed by octopus, so a process that hands it over leaves it in place.
-    pub fn listen_unix(
+    ///
+    /// If the path was removed while the previous process served, the inherited socket is
+    /// unreachable: a warning names the path, and a new socket is bound there and returned (and
+    /// handed over from then on). The inherited one is closed; [`Server`](crate::Server) instead
+    /// keeps accepting on it too, so connections queued on it before the path went are served.
+    pub fn listen_unix(&self, path: &Path, mode: Option<u32>) -> Result<UnixListener, Error> {
+        Ok(self.listen_unix_keeping_unreachable(path, mode)?.0)
+    }
+
+    /// Like [`Octopus::listen_unix`], and also the inherited socket that was replaced because its
+    /// path was gone, if any: not handed over, only worth accepting what was queued on it.
+    pub(crate) fn listen_unix_keeping_unreachable(
         &self,
-        path: &std::path::Path,
+        path: &Path,
         mode: Option<u32>,
-    ) -> Result<std::os::unix::net::UnixListener, Error> {
+    ) -> Result<(UnixListener, Option<UnixListener>), Error> {
         self.inner.registry.unix(path, mode)
     }
 

@@ -145,24 +145,46 @@ impl Registry {
 
     /// The TCP listener for `key`: inherited if the previous process had it, else bound to `bind`.
     pub fn tcp(&self, key: ListenerKey, bind: &str) -> Result<TcpListener, Error> {
-        let fd = self.obtain(key, || bind_tcp(bind))?;
+        let fd = self.obtain(key, || bind_tcp(bind), |adopted| adopted)?;
         Ok(TcpListener::from(fd))
     }
 
     /// The Unix listener at `path`: inherited if the previous process had it, else bound fresh
     /// (replacing a stale socket file) with permission bits `mode`.
-    pub fn unix(&self, path: &Path, mode: Option<u32>) -> Result<UnixListener, Error> {
+    ///
+    /// An inherited socket that its path no longer leads to (the path was removed while serving)
+    /// is replaced, when the path is free, by a fresh socket bound there, which is returned first
+    /// and handed over from now on. The inherited one comes second: nobody can connect to it any
+    /// more, but what was queued on it before the path went is still there to accept.
+    pub fn unix(
+        &self,
+        path: &Path,
+        mode: Option<u32>,
+    ) -> Result<(UnixListener, Option<UnixListener>), Error> {
         let key = ListenerKey::unix(path.to_string_lossy());
-        let fd = self.obtain(key, || bind_unix(path, mode))?;
-        Ok(UnixListener::from(fd))
+        let mut unreachable = None;
+        let fd = self.obtain(
+            key,
+            || bind_unix(path, mode),
+            |adopted| match rebind_if_unreachable(path, mode, &adopted) {
+                Some(fresh) => {
+                    unreachable = Some(UnixListener::from(adopted));
+                    fresh
+                }
+                None => adopted,
+            },
+        )?;
+        Ok((UnixListener::from(fd), unreachable))
     }
 
-    /// The socket for `key`, from the previous process, from systemd, or from `bind`; this
-    /// registry keeps a copy to hand over, the caller gets another.
+    /// The socket for `key`, from the previous process or from systemd (passed through `adopt`,
+    /// which may put another in its place), or from `bind`; this registry keeps a copy to hand
+    /// over, the caller gets another.
     fn obtain(
         &self,
         key: ListenerKey,
         bind: impl FnOnce() -> Result<OwnedFd, Error>,
+        adopt: impl FnOnce(OwnedFd) -> OwnedFd,
     ) -> Result<OwnedFd, Error> {
         let mut active = lock(&self.active);
         if active.iter().any(|(k, _)| *k == key) {
@@ -172,10 +194,10 @@ impl Registry {
         }
         let fd = if let Some(fd) = self.take_inherited(&key) {
             tracing::info!(%key, address = %local_address(&fd), "listener adopted");
-            fd
+            adopt(fd)
         } else if let Some(activated) = self.take_activated(&key) {
             tracing::info!(%key, name = %activated.name, address = %local_address(&activated.fd), "listener adopted from systemd");
-            activated.fd
+            adopt(activated.fd)
         } else {
             let fd = bind()?;
             tracing::info!(%key, address = %local_address(&fd), "listener created");
@@ -317,6 +339,65 @@ fn bind_tcp_addr(address: SocketAddr) -> std::io::Result<OwnedFd> {
     Ok(socket.into())
 }
 
+/// A fresh socket at `path` when the inherited listener `adopted` can no longer be reached there
+/// and the path is free; `None` to keep serving `adopted` alone. Every outcome but the usual one
+/// (the path leads to `adopted`) is logged as a warning naming the path.
+fn rebind_if_unreachable(path: &Path, mode: Option<u32>, adopted: &OwnedFd) -> Option<OwnedFd> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(file) if file.file_type().is_socket() => {
+            match crate::fds::is_bound_to(adopted.as_fd(), &file) {
+                // Where the kernel cannot say which file a socket is bound to, a socket file at the
+                // path is taken for this one: another socket can only be bound there once this
+                // one's file was removed, which is the rare case this check is for.
+                Some(true) | None => return None,
+                Some(false) => tracing::warn!(
+                    path = %shown,
+                    "the Unix socket path was removed while serving and another socket file is there now; \
+                     the inherited socket is unreachable by path"
+                ),
+            }
+        }
+        Ok(_) => {
+            tracing::warn!(
+                path = %shown,
+                "the Unix socket path is not a socket any more; it is left alone, and the inherited \
+                 socket, unreachable by path, keeps being served: remove the file and upgrade again"
+            );
+            return None;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => tracing::warn!(
+            path = %shown,
+            "the Unix socket path was removed while serving, so nobody could connect; re-creating it"
+        ),
+        Err(e) => {
+            tracing::warn!(
+                path = %shown,
+                "cannot check the Unix socket path ({e}); keeping the inherited socket as it is"
+            );
+            return None;
+        }
+    }
+    // bind_unix connect-probes a socket file there, so a live server's socket is never taken over.
+    match bind_unix(path, mode) {
+        Ok(fresh) => {
+            tracing::info!(
+                path = %shown,
+                "listening on a new socket at the path; it is the one handed over from now on"
+            );
+            Some(fresh)
+        }
+        Err(e) => {
+            tracing::warn!(
+                path = %shown,
+                "cannot re-create the Unix socket path ({e}); the inherited socket, unreachable by \
+                 path, keeps being served"
+            );
+            None
+        }
+    }
+}
+
 /// Binds a Unix stream socket at `path`. A socket file nobody answers on is left over from a
 /// crashed run and is replaced; anything else at the path is never removed.
 fn bind_unix(path: &Path, mode: Option<u32>) -> Result<OwnedFd, Error> {
@@ -358,7 +439,9 @@ fn bind_unix(path: &Path, mode: Option<u32>) -> Result<OwnedFd, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn keys_parse_and_display() {
@@ -411,7 +494,7 @@ mod tests {
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert!(path.exists(), "a crashed run leaves its socket file");
         let registry = Registry::default();
-        let listener = registry.unix(&path, Some(0o600)).unwrap();
+        let (listener, _) = registry.unix(&path, Some(0o600)).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let err = Registry::default().unix(&path, None).unwrap_err();
@@ -422,6 +505,186 @@ mod tests {
         let err = Registry::default().unix(&file, None).unwrap_err();
         assert!(err.to_string().contains("not a socket"), "{err}");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    }
+
+    /// Runs `f` and returns what it logged, as the fmt subscriber writes it.
+    fn logged<R>(f: impl FnOnce() -> R) -> (R, String) {
+        #[derive(Clone, Default)]
+        struct Sink(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                lock(&self.0).extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl tracing_subscriber::fmt::MakeWriter<'_> for Sink {
+            type Writer = Sink;
+            fn make_writer(&self) -> Sink {
+                self.clone()
+            }
+        }
+        let sink = Sink::default();
+        let subscriber = tracing_subscriber::fmt().with_writer(sink.clone()).finish();
+        let result = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(lock(&sink.0).clone()).unwrap();
+        (result, text)
+    }
+
+    /// The kernel socket behind an fd (two fds on one socket share it).
+    fn socket_id(fd: &impl AsFd) -> u64 {
+        rustix::fs::fstat(fd).unwrap().st_ino
+    }
+
+    /// A listening socket at `path`, handed to a registry as the previous process would.
+    fn inherited_at(path: &Path) -> (Registry, u64) {
+        let fd = bind_unix(path, None).unwrap();
+        let id = socket_id(&fd);
+        let key = ListenerKey::unix(path.to_string_lossy());
+        (Registry::new(vec![(key, fd)], vec![]), id)
+    }
+
+    #[test]
+    fn an_inherited_unix_socket_whose_path_was_removed_is_replaced_at_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        let (registry, old) = inherited_at(&path);
+        let queued = UnixStream::connect(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+
+        let ((listener, unreachable), log) = logged(|| registry.unix(&path, Some(0o640)).unwrap());
+        assert!(
+            log.contains("WARN")
+                && log.contains("was removed")
+                && log.contains(&*path.to_string_lossy()),
+            "{log}"
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode, 0o640,
+            "the path is re-created with the bits asked for"
+        );
+        assert_ne!(socket_id(&listener), old);
+        let mut client = UnixStream::connect(&path).unwrap();
+        client.write_all(b"x").unwrap();
+        let (mut accepted, _) = listener
+            .accept()
+            .expect("a client of the path is accepted here");
+        let mut byte = [0];
+        accepted.read_exact(&mut byte).unwrap();
+        assert_eq!(&byte, b"x", "the accepted connection is that client's");
+        let unreachable = unreachable.expect("the inherited socket is returned beside");
+        assert_eq!(socket_id(&unreachable), old);
+        unreachable
+            .accept()
+            .expect("what was queued before the path went is still there to accept");
+        drop(queued);
+        registry.with_handover(|fds| {
+            assert_eq!(fds.len(), 1);
+            assert_eq!(
+                socket_id(&fds[0].1),
+                socket_id(&listener),
+                "the new socket is handed over"
+            );
+        });
+    }
+
+    #[test]
+    fn a_systemd_socket_whose_path_was_removed_is_replaced_at_the_path_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        let fd = bind_unix(&path, None).unwrap();
+        let old = socket_id(&fd);
+        let registry = Registry::new(
+            vec![],
+            vec![Activated {
+                name: "unknown".into(),
+                fd,
+            }],
+        );
+        std::fs::remove_file(&path).unwrap();
+
+        let ((listener, unreachable), log) = logged(|| registry.unix(&path, None).unwrap());
+        assert!(
+            log.contains("adopted from systemd") && log.contains("was removed"),
+            "{log}"
+        );
+        assert_eq!(socket_id(&unreachable.unwrap()), old);
+        let _client = UnixStream::connect(&path).unwrap();
+        listener
+            .accept()
+            .expect("a client of the path is accepted here");
+    }
+
+    #[test]
+    fn a_file_put_at_an_inherited_unix_socket_path_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        let (registry, old) = inherited_at(&path);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "keep me").unwrap();
+
+        let ((listener, unreachable), log) = logged(|| registry.unix(&path, None).unwrap());
+        assert!(
+            log.contains("WARN")
+                && log.contains("not a socket")
+                && log.contains(&*path.to_string_lossy()),
+            "{log}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
+        assert_eq!(
+            socket_id(&listener),
+            old,
+            "the inherited socket keeps being served"
+        );
+        assert!(unreachable.is_none());
+    }
+
+    #[test]
+    fn an_inherited_unix_socket_still_at_its_path_is_adopted_as_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        let (registry, old) = inherited_at(&path);
+        let file = std::fs::metadata(&path).unwrap();
+
+        let ((listener, unreachable), log) = logged(|| registry.unix(&path, Some(0o600)).unwrap());
+        assert!(!log.contains("WARN"), "{log}");
+        assert_eq!(socket_id(&listener), old);
+        assert!(unreachable.is_none());
+        let now = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (now.ino(), now.mode()),
+            (file.ino(), file.mode()),
+            "the path is not touched"
+        );
+        let _client = UnixStream::connect(&path).unwrap();
+        listener
+            .accept()
+            .expect("a client of the path is accepted here");
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn another_live_socket_at_an_inherited_unix_socket_path_is_never_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        let (registry, old) = inherited_at(&path);
+        std::fs::remove_file(&path).unwrap();
+        let other = UnixListener::bind(&path).unwrap();
+
+        let ((listener, unreachable), log) = logged(|| registry.unix(&path, None).unwrap());
+        assert!(
+            log.contains("WARN") && log.contains("another socket") && log.contains("in use"),
+            "{log}"
+        );
+        assert_eq!(socket_id(&listener), old);
+        assert!(unreachable.is_none());
+        let _client = UnixStream::connect(&path).unwrap();
+        other
+            .accept()
+            .expect("the path still leads to the other server");
     }
 
     #[test]

@@ -122,7 +122,9 @@ impl Server {
 
     /// Adds a Unix domain socket to listen on. A stale socket file left by a crashed run is
     /// replaced; a path in use by a live server, or that is not a socket, is an error. The path is
-    /// handed over on upgrades and never removed by a process that hands it over.
+    /// handed over on upgrades and never removed by a process that hands it over. If it was removed
+    /// while serving, the next generation warns and binds it again, and still serves what was
+    /// queued on the socket that lost its path.
     pub fn bind_unix(mut self, path: impl Into<PathBuf>) -> Self {
         self.endpoints.push(Endpoint::Unix(path.into()));
         self
@@ -171,7 +173,7 @@ impl Server {
         };
         let mut listeners = Vec::with_capacity(self.endpoints.len());
         for endpoint in self.endpoints {
-            listeners.push(open(&octopus, endpoint, self.unix_mode)?);
+            open(&octopus, endpoint, self.unix_mode, &mut listeners)?;
         }
         let mut http = Http {
             builder: Arc::new(http_builder(self.header_read_timeout)),
@@ -316,12 +318,14 @@ fn http_builder(header_read_timeout: Option<Duration>) -> auto::Builder<TokioExe
     builder
 }
 
-/// Opens what an endpoint asks for, through `octopus` so it is handed over on upgrades.
+/// Opens what an endpoint asks for, through `octopus` so it is handed over on upgrades, and adds
+/// it to `listeners`.
 fn open(
     octopus: &Octopus,
     endpoint: Endpoint,
     unix_mode: Option<u32>,
-) -> Result<(AnyListener, Option<Handshake>), Error> {
+    listeners: &mut Vec<(AnyListener, Option<Handshake>)>,
+) -> Result<(), Error> {
     let register = |source| Error::Io {
         what: "cannot register a listener with the runtime",
         source,
@@ -335,9 +339,19 @@ fn open(
         Endpoint::Tcp(address) => (tcp(octopus.listen_tcp(&address)?)?, None),
         Endpoint::Listener(listener) => (tcp(listener)?, None),
         Endpoint::Unix(path) => {
-            let listener = octopus.listen_unix(&path, unix_mode)?;
-            let listener = tokio::net::UnixListener::from_std(listener).map_err(register)?;
-            (AnyListener::Unix(listener), None)
+            let (listener, unreachable) =
+                octopus.listen_unix_keeping_unreachable(&path, unix_mode)?;
+            let unix = |listener| {
+                tokio::net::UnixListener::from_std(listener)
+                    .map(AnyListener::Unix)
+                    .map_err(register)
+            };
+            // Connections queued on a socket whose path was removed are still served, by this
+            // generation only: none can join them, so the queue is empty by the next hand-over.
+            if let Some(unreachable) = unreachable {
+                listeners.push((unix(unreachable)?, None));
+            }
+            (unix(listener)?, None)
         }
         #[cfg(feature = "tls")]
         // Named apart from a plain listener on the same address, so that `-p 0` and a TLS port 0
@@ -349,5 +363,6 @@ fn open(
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(scheme, "listening on {}", listener.describe());
-    Ok((listener, tls))
+    listeners.push((listener, tls));
+    Ok(())
 }

@@ -61,6 +61,42 @@ fn tcp_and_unix_listeners_are_all_handed_over_and_the_socket_path_stays() {
 }
 
 #[test]
+fn a_unix_path_removed_while_serving_is_recreated_by_the_next_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("removed.sock");
+    let server = Hello::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--unix",
+        socket.to_str().unwrap(),
+    ]);
+    let port = server.port();
+    let first = server.first_pid();
+    assert_eq!(pid_over_unix(&socket), first);
+    std::fs::remove_file(&socket).unwrap();
+    assert!(
+        UnixStream::connect(&socket).is_err(),
+        "nobody can connect once the path is gone"
+    );
+
+    signal(first, Signal::HUP);
+    let new = field(&server.wait_for(&["new process ready"]), "pid");
+    server.own(new);
+    eventually("the new generation answers over TCP", || {
+        pid_answering(port) == new
+    });
+    assert_eq!(
+        pid_over_unix(&socket),
+        new,
+        "a fresh connection to the path reaches the new generation"
+    );
+    // Only a generation that adopts the socket can notice: the first one bound it.
+    server.wait_for(&["WARN", "was removed", socket.to_str().unwrap()]);
+}
+
+#[test]
 fn a_unix_path_in_use_by_a_live_server_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("busy.sock");
