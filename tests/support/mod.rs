@@ -103,7 +103,7 @@ impl Hello {
                 Ok(())
             });
         }
-        let mut child = command.spawn().unwrap();
+        let mut child = spawn_retrying_busy(&mut command);
         let log = Arc::new(Log::default());
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
@@ -269,6 +269,24 @@ pub fn field(line: &str, name: &str) -> u32 {
         .unwrap()
         .parse()
         .unwrap()
+}
+
+/// Starts `command`, again if its program is "text file busy": a program a test has just written
+/// stays open for writing in any child another test thread forked meanwhile, until that child
+/// execs; the window is short, so a few tries are enough.
+fn spawn_retrying_busy(command: &mut Command) -> Child {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match command.spawn() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            spawned => return spawned.unwrap(),
+        }
+    }
 }
 
 /// Whether `pid` is gone: exited and reaped (not a zombie).

@@ -1,0 +1,82 @@
+//! The pid file follows whoever serves, as nginx's does: `FILE` names the newest generation,
+//! `FILE.oldbin` an older one kept serving beside it, and `FILE` goes back to the older one if
+//! the newer one stops first.
+
+mod support;
+
+use std::path::Path;
+
+use rustix::process::Signal;
+use support::*;
+
+fn pid_in(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[test]
+fn the_pid_file_names_whoever_serves_last_across_generations_kept_alive() {
+    let run = tempfile::tempdir().unwrap();
+    let pid_file = run.path().join("app.pid");
+    let oldbin = run.path().join("app.pid.oldbin");
+    let mut server = Hello::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+    ]);
+    let port = server.port();
+    let old = server.first_pid();
+    assert_eq!(pid_in(&pid_file), Some(old));
+
+    // SIGUSR1 keeps the old generation serving beside the new one.
+    signal(old, Signal::USR1);
+    let new = field(
+        &server.wait_for(&["old process kept alive beside new process"]),
+        "new_pid",
+    );
+    server.own(new);
+    assert_eq!(pid_in(&pid_file), Some(new));
+    assert_eq!(pid_in(&oldbin), Some(old));
+
+    // The newer one stops first: the file names the older one, which still serves.
+    signal(new, Signal::TERM);
+    server.wait_for(&[&format!("process {new} exited")]);
+    assert_eq!(pid_in(&pid_file), Some(old));
+    assert!(!oldbin.exists());
+    assert_eq!(pid_answering(port), old);
+
+    // The last one stops: no file names a process that is gone.
+    signal(old, Signal::TERM);
+    assert!(server.wait_first_exit().success());
+    assert!(!pid_file.exists() && !oldbin.exists());
+}
+
+#[test]
+fn the_older_generation_stopping_first_leaves_the_newer_one_in_the_file() {
+    let run = tempfile::tempdir().unwrap();
+    let pid_file = run.path().join("app.pid");
+    let oldbin = run.path().join("app.pid.oldbin");
+    let mut server = Hello::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+    ]);
+    let port = server.port();
+    let old = server.first_pid();
+    signal(old, Signal::USR2);
+    let new = field(
+        &server.wait_for(&["old process kept alive beside new process"]),
+        "new_pid",
+    );
+    server.own(new);
+    signal(old, Signal::TERM);
+    assert!(server.wait_first_exit().success());
+    assert_eq!(pid_in(&pid_file), Some(new));
+    assert!(!oldbin.exists());
+    assert_eq!(pid_answering(port), new);
+}
