@@ -27,6 +27,8 @@ use axum::Router;
 use clap::Parser;
 use octopus::{Config, Handle, Octopus, Server};
 
+mod logging;
+
 /// A graceful axum server: SIGHUP upgrades, SIGINT/SIGTERM shut down gracefully.
 #[derive(Debug, Parser)]
 #[command(name = "axum", disable_help_flag = true)]
@@ -105,12 +107,7 @@ fn app(state: AppState) -> Router {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        // A closed stderr must not panic the task that logs (the signal handler, say).
-        .log_internal_errors(false)
-        .init();
+    let _logging = logging::init();
     let address = if args.host.contains(':') {
         format!("[{}]:{}", args.host, args.port)
     } else {

@@ -21,6 +21,8 @@ use octopus::{Config, Drain, DrainReport, Draining, Octopus, Stop};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+mod logging;
+
 /// A graceful line echo server: SIGHUP upgrades, SIGINT/SIGTERM shut down gracefully.
 #[derive(Debug, Parser)]
 #[command(name = "echo", disable_help_flag = true)]
@@ -54,12 +56,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        // A closed stderr must not panic the task that logs (the signal handler, say).
-        .log_internal_errors(false)
-        .init();
+    let _logging = logging::init();
     let address = if args.host.contains(':') {
         format!("[{}]:{}", args.host, args.port)
     } else {

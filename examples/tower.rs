@@ -20,6 +20,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+mod logging;
+
 /// A graceful HTTP server built on a plain tower service.
 #[derive(Debug, Parser)]
 #[command(name = "tower", disable_help_flag = true)]
@@ -66,12 +68,7 @@ impl tower::Service<Request<Incoming>> for Pong {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        // A closed stderr must not panic the task that logs (the signal handler, say).
-        .log_internal_errors(false)
-        .init();
+    let _logging = logging::init();
     let address = if args.host.contains(':') {
         format!("[{}]:{}", args.host, args.port)
     } else {

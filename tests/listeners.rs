@@ -43,6 +43,9 @@ fn tcp_and_unix_listeners_are_all_handed_over_and_the_socket_path_stays() {
 
     signal(first, Signal::HUP);
     let new = field(&server.wait_for(&["new process ready"]), "pid");
+    // Each process writes its log from a thread of its own, so the lines of two processes may
+    // come in any order; those of one come in order, and "server started" is after the rest.
+    server.wait_for_pid("server started", new);
     assert_eq!(
         server.count(&["listener adopted"]),
         2,
