@@ -53,10 +53,16 @@ fn seconds(text: &str) -> Result<f64, String> {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
+    // Flushed only once `serve_until_exit` has stopped its runtime, which lets every task finish
+    // the step it is in: the last lines of every task are written.
     let _logging = logging::init();
+    serve_until_exit(args)
+}
+
+#[tokio::main]
+async fn serve_until_exit(args: Args) -> ExitCode {
     let address = if args.host.contains(':') {
         format!("[{}]:{}", args.host, args.port)
     } else {

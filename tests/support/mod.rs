@@ -51,8 +51,22 @@ pub struct Group {
 impl Group {
     pub fn spawn(command: &mut Command) -> Group {
         become_subreaper();
-        let leader = command.process_group(0).spawn().unwrap();
-        Group { leader }
+        command.process_group(0);
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            match command.spawn() {
+                Ok(leader) => return Group { leader },
+                // A copy of the example this test just wrote is still open for writing in a
+                // child another test thread forked meanwhile, until that child's exec.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("cannot start {:?}: {e}", command.get_program()),
+            }
+        }
     }
 
     pub fn id(&self) -> u32 {
