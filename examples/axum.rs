@@ -27,6 +27,8 @@ use axum::Router;
 use clap::Parser;
 use octopus::{Config, Handle, Octopus, Server};
 
+mod logging;
+
 /// A graceful axum server: SIGHUP upgrades, SIGINT/SIGTERM shut down gracefully.
 #[derive(Debug, Parser)]
 #[command(name = "axum", disable_help_flag = true)]
@@ -102,15 +104,16 @@ fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        // A closed stderr must not panic the task that logs (the signal handler, say).
-        .log_internal_errors(false)
-        .init();
+    // Flushed only once `serve_until_exit` has stopped its runtime, which lets every task finish
+    // the step it is in: the last lines of every task are written.
+    let _logging = logging::init();
+    serve_until_exit(args)
+}
+
+#[tokio::main]
+async fn serve_until_exit(args: Args) -> ExitCode {
     let address = if args.host.contains(':') {
         format!("[{}]:{}", args.host, args.port)
     } else {

@@ -21,6 +21,8 @@ use octopus::{Config, Drain, DrainReport, Draining, Octopus, Stop};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+mod logging;
+
 /// A graceful line echo server: SIGHUP upgrades, SIGINT/SIGTERM shut down gracefully.
 #[derive(Debug, Parser)]
 #[command(name = "echo", disable_help_flag = true)]
@@ -51,15 +53,16 @@ fn seconds(text: &str) -> Result<f64, String> {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        // A closed stderr must not panic the task that logs (the signal handler, say).
-        .log_internal_errors(false)
-        .init();
+    // Flushed only once `serve_until_exit` has stopped its runtime, which lets every task finish
+    // the step it is in: the last lines of every task are written.
+    let _logging = logging::init();
+    serve_until_exit(args)
+}
+
+#[tokio::main]
+async fn serve_until_exit(args: Args) -> ExitCode {
     let address = if args.host.contains(':') {
         format!("[{}]:{}", args.host, args.port)
     } else {

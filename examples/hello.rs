@@ -23,6 +23,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use octopus::{Config, Handle, Octopus, Server};
 
+mod logging;
+
 /// A graceful HTTP server: SIGHUP upgrades, SIGUSR1/SIGUSR2 upgrade and keep the old process,
 /// SIGINT/SIGTERM shut down gracefully.
 #[derive(Debug, Parser)]
@@ -131,15 +133,16 @@ fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     response
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        // A closed stderr must not panic the task that logs (the signal handler, say).
-        .log_internal_errors(false)
-        .init();
+    // Flushed only once `serve_until_exit` has stopped its runtime, which lets every task finish
+    // the step it is in: the last lines of every task are written.
+    let _logging = logging::init();
+    serve_until_exit(args)
+}
+
+#[tokio::main]
+async fn serve_until_exit(args: Args) -> ExitCode {
     let address = |port: u16| {
         if args.host.contains(':') {
             format!("[{}]:{port}", args.host)

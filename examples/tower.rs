@@ -20,6 +20,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+mod logging;
+
 /// A graceful HTTP server built on a plain tower service.
 #[derive(Debug, Parser)]
 #[command(name = "tower", disable_help_flag = true)]
@@ -63,15 +65,16 @@ impl tower::Service<Request<Incoming>> for Pong {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        // A closed stderr must not panic the task that logs (the signal handler, say).
-        .log_internal_errors(false)
-        .init();
+    // Flushed only once `serve_until_exit` has stopped its runtime, which lets every task finish
+    // the step it is in: the last lines of every task are written.
+    let _logging = logging::init();
+    serve_until_exit(args)
+}
+
+#[tokio::main]
+async fn serve_until_exit(args: Args) -> ExitCode {
     let address = if args.host.contains(':') {
         format!("[{}]:{}", args.host, args.port)
     } else {

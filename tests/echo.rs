@@ -91,7 +91,6 @@ fn hup_hands_over_and_an_old_connection_finishes_its_line_then_gets_bye() {
 
     signal(old, Signal::HUP);
     let new = field(&server.wait_for(&["new process ready"]), "pid");
-    server.own(new);
     server.wait_for(&["old process draining"]);
     server.wait_for(&["draining connections"]);
     client.send("lo\n");
@@ -125,7 +124,6 @@ fn the_old_process_serves_again_if_the_new_one_dies_while_it_drains() {
 
     signal(old, Signal::HUP);
     let new = field(&server.wait_for(&["new process ready"]), "pid");
-    server.own(new);
     server.wait_for(&["old process draining"]);
     signal(new, Signal::KILL);
     server.wait_for(&["resuming accepting"]);

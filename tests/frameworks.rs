@@ -27,7 +27,6 @@ fn hup_upgrades(example: &str) {
     assert_eq!(pid_answering(port), old);
     signal(old, Signal::HUP);
     let new = field(&server.wait_for(&["new process ready"]), "pid");
-    server.own(new);
     assert!(
         server.wait_first_exit().success(),
         "the old process exits 0"
@@ -66,9 +65,10 @@ fn axum_pre_drain_reports_draining_while_still_serving_then_exits_0() {
         (200, "pong\n".into()),
         "new connections are still served during the pre-drain"
     );
-    assert_eq!(
-        server.count(&["pre-drain over"]),
-        0,
+    // The pre-drain starts after the signal, so it was still on for the requests above; the log
+    // could not tell, as its "pre-drain over" line may not have been read yet.
+    assert!(
+        asked.elapsed().as_secs_f64() < 2.0,
         "the requests above must fall within the pre-drain for this test to mean anything"
     );
 

@@ -36,7 +36,6 @@ fn the_pid_file_names_whoever_serves_last_across_generations_kept_alive() {
         &server.wait_for(&["old process kept alive beside new process"]),
         "new_pid",
     );
-    server.own(new);
     assert_eq!(pid_in(&pid_file), Some(new));
     assert_eq!(pid_in(&oldbin), Some(old));
 
@@ -73,7 +72,6 @@ fn the_older_generation_stopping_first_leaves_the_newer_one_in_the_file() {
         &server.wait_for(&["old process kept alive beside new process"]),
         "new_pid",
     );
-    server.own(new);
     signal(old, Signal::TERM);
     assert!(server.wait_first_exit().success());
     assert_eq!(pid_in(&pid_file), Some(new));

@@ -54,7 +54,6 @@ fn a_shutdown_racing_the_ready_report_never_leaves_a_successor_serving_unannounc
     next_starts_slowly(bin.path(), &program, 0.3);
     signal(old, Signal::HUP);
     let new = field(&server.wait_for(&["new process spawned"]), "pid");
-    server.own(new);
     // The old process is held while the new one reports ready and the shutdown arrives: both are
     // pending when it resumes, and it must settle them one way or the other.
     kill(old, Signal::STOP);
@@ -106,7 +105,6 @@ fn a_successor_told_to_stop_while_it_writes_its_pid_file_does_not_report_ready()
     next_starts_slowly(bin.path(), &program, 1.0);
     signal(old, Signal::HUP);
     let new = field(&server.wait_for(&["new process spawned"]), "pid");
-    server.own(new);
     // The pid file is staged beside its path; a FIFO there holds the new process in its write.
     let staged = run.path().join(format!(".app.pid.{new}.tmp"));
     rustix::fs::mkfifoat(rustix::fs::CWD, &staged, rustix::fs::Mode::from(0o600)).unwrap();
@@ -137,7 +135,6 @@ fn upgrade_signals_reaching_a_starting_successor_do_not_kill_it() {
     next_starts_slowly(bin.path(), &program, 1.0);
     signal(old, Signal::HUP);
     let new = field(&server.wait_for(&["new process spawned"]), "pid");
-    server.own(new);
     // Still the shell of the slow start: no handler of its own yet.
     for sig in [Signal::HUP, Signal::USR1, Signal::USR2] {
         signal(new, sig);

@@ -222,13 +222,14 @@ fn pre_drain_keeps_accepting_while_ready_reports_draining_then_drains() {
 #[test]
 fn signals_still_work_after_stderr_is_closed() {
     use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(hello_binary())
-        .args(["-h", "127.0.0.1", "-p", "0"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server = Group::spawn(
+        std::process::Command::new(hello_binary())
+            .args(["-h", "127.0.0.1", "-p", "0"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped()),
+    );
+    let child = &mut server.leader;
     let mut port = None;
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     for line in lines.by_ref() {
@@ -251,10 +252,10 @@ fn signals_still_work_after_stderr_is_closed() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("SIGTERM was ignored once stderr was closed");
-        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGTERM was ignored once stderr was closed"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(status.success(), "{status:?}");

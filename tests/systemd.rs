@@ -54,7 +54,6 @@ fn socket_activated_listener_is_adopted_then_handed_over_on_upgrade() {
     // systemd-socket-activate starts the server on the first connection, which it then serves.
     let inode = eventually_listening(port);
     let first = pid_answering(port);
-    server.own(first);
     server.wait_for(&["server started"]);
     let adopted = server.wait_for(&["listener adopted from systemd"]);
     assert!(adopted.contains("name=web"), "{adopted}");
@@ -65,7 +64,6 @@ fn socket_activated_listener_is_adopted_then_handed_over_on_upgrade() {
 
     signal(first, Signal::HUP);
     let new = field(&server.wait_for(&["new process ready"]), "pid");
-    server.own(new);
     eventually("the socket-activated generation exits", || {
         is_gone(first) || state(first) == Some('Z')
     });
@@ -142,7 +140,6 @@ fn notify_protocol_follows_upgrades_rollbacks_and_shutdown() {
     seen.clear();
     signal(first, Signal::HUP);
     let new = field(&server.wait_for(&["new process ready"]), "pid");
-    server.own(new);
     expect_notification(&socket, &["RELOADING=1"], &mut seen);
     expect_notification(&socket, &[&format!("MAINPID={new}"), "READY=1"], &mut seen);
     eventually("the old process exits", || {
@@ -167,7 +164,6 @@ fn pid_file_names_the_serving_process_across_upgrades_and_is_removed_at_shutdown
 
     signal(first, Signal::HUP);
     let new = field(&server.wait_for(&["new process ready"]), "pid");
-    server.own(new);
     assert_eq!(
         read(),
         format!("{new}\n"),

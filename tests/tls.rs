@@ -135,7 +135,6 @@ async fn tls_offers_h2_and_http1_and_a_rotated_certificate_is_served_after_an_up
     rotate(&key_b, &live_key);
     signal(first, Signal::HUP);
     let new = field(&server.wait_for(&["new process ready"]), "pid");
-    server.own(new);
     server.wait_for(&["server shut down", &format!("pid={first}")]);
     let (_, certificate, pid) = both.get_pid(port).await;
     assert_eq!(pid, new, "the TLS listener was handed over");

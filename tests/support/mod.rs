@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, Once};
@@ -31,12 +32,98 @@ pub fn example_binary(name: &str) -> PathBuf {
 }
 
 /// Makes this test process adopt orphans, so a generation whose parent exited is reaped here and
-/// its exit status can be checked.
+/// its exit status can be checked, and nothing it started outlives it re-parented to init.
 fn become_subreaper() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
     });
+}
+
+/// A process this test started as the leader of a new process group, and everything forked from
+/// it (every generation of a server, a script put in its place, what that script runs).
+/// Dropping it kills the whole group and reaps whatever became this test process's child, pass
+/// or fail, so no test leaves a server behind.
+pub struct Group {
+    pub leader: Child,
+}
+
+impl Group {
+    pub fn spawn(command: &mut Command) -> Group {
+        become_subreaper();
+        command.process_group(0);
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            match command.spawn() {
+                Ok(leader) => return Group { leader },
+                // A copy of the example this test just wrote is still open for writing in a
+                // child another test thread forked meanwhile, until that child's exec.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("cannot start {:?}: {e}", command.get_program()),
+            }
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.leader.id()
+    }
+
+    /// The processes of the group that exist (zombies included), with their state letters.
+    pub fn members(&self) -> Vec<(u32, char)> {
+        group_members(self.id())
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let pgid = pid_of(self.id()).unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            // Every round, as a process forking while the signal is sent may miss it: the group
+            // is empty only once every member is dead and reaped, by this process (the subreaper
+            // every orphan of the group comes to) or by a parent in the group before it died.
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+            while let Ok(Some(_)) =
+                rustix::process::waitpgid(pgid, rustix::process::WaitOptions::NOHANG)
+            {}
+            let left = self.members();
+            if left.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                // A second panic while unwinding would abort the whole test binary.
+                if !std::thread::panicking() {
+                    panic!("processes of group {pgid:?} left after SIGKILL: {left:?}");
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// The processes whose process group is `pgid`, with their state letters, from /proc.
+pub fn group_members(pgid: u32) -> Vec<(u32, char)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // After the command name: state, ppid, pgrp.
+            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+            let state = fields.next()?.chars().next()?;
+            let pgrp: u32 = fields.nth(1)?.parse().ok()?;
+            (pgrp == pgid).then_some((pid, state))
+        })
+        .collect()
 }
 
 /// What a test adds to the environment a server starts in.
@@ -55,11 +142,11 @@ struct Log {
     changed: Condvar,
 }
 
-/// A running example server (all its generations share its stderr) and the pids it owns.
+/// A running example server: all its generations share its stderr and its process group, which
+/// is killed when this is dropped.
 pub struct Hello {
-    first: Child,
+    group: Group,
     log: Arc<Log>,
-    pids: Mutex<Vec<u32>>,
     pub dir: tempfile::TempDir,
 }
 
@@ -71,7 +158,6 @@ impl Hello {
 
     /// Starts `program` with extra environment, inherited fds or a file-descriptor limit.
     pub fn start_with(program: &Path, args: &[&str], setup: &Setup) -> Hello {
-        become_subreaper();
         let dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(program);
         command
@@ -103,9 +189,9 @@ impl Hello {
                 Ok(())
             });
         }
-        let mut child = spawn_retrying_busy(&mut command);
+        let mut group = Group::spawn(&mut command);
         let log = Arc::new(Log::default());
-        let stderr = child.stderr.take().unwrap();
+        let stderr = group.leader.stderr.take().unwrap();
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
@@ -117,13 +203,7 @@ impl Hello {
                 sink.changed.notify_all();
             }
         });
-        let pid = child.id();
-        Hello {
-            first: child,
-            log,
-            pids: Mutex::new(vec![pid]),
-            dir,
-        }
+        Hello { group, log, dir }
     }
 
     /// Starts the example from its build location.
@@ -137,30 +217,40 @@ impl Hello {
     }
 
     pub fn first_pid(&self) -> u32 {
-        self.first.id()
+        self.group.id()
     }
 
-    /// Remembers a pid this test caused to exist, so it is killed when the test ends.
-    pub fn own(&self, pid: u32) {
-        self.pids.lock().unwrap().push(pid);
+    /// The processes of the server's group that exist (zombies included), with their states.
+    pub fn members(&self) -> Vec<(u32, char)> {
+        self.group.members()
     }
 
     /// Waits for the `nth` (0-based) log line containing every one of `needles`.
     pub fn wait_for_nth(&self, needles: &[&str], nth: usize) -> String {
+        self.wait_for_line(&format!("{needles:?}"), nth, |line| {
+            needles.iter().all(|n| line.contains(n))
+        })
+    }
+
+    /// Waits for the log line with `needle` written by process `pid` (its field `pid=N`).
+    pub fn wait_for_pid(&self, needle: &str, pid: u32) -> String {
+        self.wait_for_line(&format!("{needle:?} from pid {pid}"), 0, |line| {
+            line.contains(needle) && line.contains(" pid=") && field(line, "pid") == pid
+        })
+    }
+
+    /// Waits for the `nth` (0-based) log line that `matches`, described as `what`.
+    pub fn wait_for_line(&self, what: &str, nth: usize, matches: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + TIMEOUT;
         let mut lines = self.log.lines.lock().unwrap();
         loop {
-            if let Some(line) = lines
-                .iter()
-                .filter(|line| needles.iter().all(|n| line.contains(n)))
-                .nth(nth)
-            {
+            if let Some(line) = lines.iter().filter(|line| matches(line)).nth(nth) {
                 return line.clone();
             }
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(
                 !left.is_zero(),
-                "no log line with {needles:?} within {TIMEOUT:?}; log:\n{}",
+                "no log line with {what} within {TIMEOUT:?}; log:\n{}",
                 lines.join("\n")
             );
             lines = self.log.changed.wait_timeout(lines, left).unwrap().0;
@@ -177,6 +267,11 @@ impl Hello {
             .iter()
             .filter(|line| needles.iter().all(|n| line.contains(n)))
             .count()
+    }
+
+    pub fn count_where(&self, matches: impl Fn(&str) -> bool) -> usize {
+        let lines = self.log.lines.lock().unwrap();
+        lines.iter().filter(|line| matches(line)).count()
     }
 
     pub fn log_text(&self) -> String {
@@ -207,13 +302,13 @@ impl Hello {
     pub fn wait_first_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            if let Some(status) = self.first.try_wait().unwrap() {
+            if let Some(status) = self.group.leader.try_wait().unwrap() {
                 return status;
             }
             assert!(
                 Instant::now() < deadline,
                 "process {} did not exit within {TIMEOUT:?}; log:\n{}",
-                self.first.id(),
+                self.first_pid(),
                 self.log_text()
             );
             self.wait_log_change(Duration::from_millis(20));
@@ -228,17 +323,6 @@ impl Hello {
             .log
             .changed
             .wait_timeout_while(lines, at_most, |l| l.len() == seen);
-    }
-}
-
-impl Drop for Hello {
-    fn drop(&mut self) {
-        for pid in self.pids.lock().unwrap().iter() {
-            kill(*pid, rustix::process::Signal::KILL);
-            let _ = rustix::process::waitpid(pid_of(*pid), rustix::process::WaitOptions::NOHANG);
-        }
-        let _ = self.first.kill();
-        let _ = self.first.wait();
     }
 }
 
@@ -269,24 +353,6 @@ pub fn field(line: &str, name: &str) -> u32 {
         .unwrap()
         .parse()
         .unwrap()
-}
-
-/// Starts `command`, again if its program is "text file busy": a program a test has just written
-/// stays open for writing in any child another test thread forked meanwhile, until that child
-/// execs; the window is short, so a few tries are enough.
-fn spawn_retrying_busy(command: &mut Command) -> Child {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match command.spawn() {
-            Err(e)
-                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
-                    && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            spawned => return spawned.unwrap(),
-        }
-    }
 }
 
 /// Whether `pid` is gone: exited and reaped (not a zombie).

@@ -1,0 +1,83 @@
+//! A log that nobody reads never stops the server.
+
+mod support;
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rustix::process::Signal;
+use support::*;
+
+/// How long a request to a healthy server may take, even on a loaded machine.
+const PROMPT: Duration = Duration::from_secs(3);
+
+/// The pid answering `/pid` on the Unix socket at `path`, or why it did not.
+fn pid_over_unix(path: &Path) -> std::io::Result<u32> {
+    let mut stream = UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(PROMPT))?;
+    let reply = get_on(&mut stream, "/pid")?;
+    reply
+        .body
+        .trim()
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("not a pid: {reply:?}")))
+}
+
+fn pid_in(file: &Path) -> Option<u32> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+#[test]
+fn a_full_log_pipe_that_nobody_reads_blocks_neither_upgrades_nor_requests_nor_sigterm() {
+    let (unread, log) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+    // One page: full after three upgrades' worth of log (~1.3 KiB each), not sixteen pages' worth.
+    rustix::pipe::fcntl_setpipe_size(&log, 4096).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hello.sock");
+    let pid_file = dir.path().join("hello.pid");
+    let server = Group::spawn(
+        Command::new(hello_binary())
+            .args(["-h", "127.0.0.1", "-p", "0", "--unix"])
+            .arg(&socket)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log),
+    );
+    eventually("the first generation serves", || {
+        pid_over_unix(&socket).is_ok_and(|pid| pid == server.id())
+    });
+    let mut serving = server.id();
+    for upgrade in 1..=20 {
+        eventually("the pid file names the serving process", || {
+            pid_in(&pid_file) == Some(serving)
+        });
+        signal(serving, Signal::HUP);
+        let old = serving;
+        eventually(
+            &format!("upgrade {upgrade} hands over"),
+            || match pid_over_unix(&socket) {
+                Ok(pid) if pid != old => {
+                    serving = pid;
+                    true
+                }
+                _ => false,
+            },
+        );
+    }
+    let mut stream = UnixStream::connect(&socket).unwrap();
+    stream.set_read_timeout(Some(PROMPT)).unwrap();
+    let reply = get_on(&mut stream, "/ping").expect("/ping answers with the log pipe full");
+    assert_eq!((reply.status, reply.body.as_str()), (200, "pong\n"));
+    signal(serving, Signal::TERM);
+    eventually("the serving process exits on SIGTERM", || {
+        reap_if_adopted(serving);
+        is_gone(serving)
+    });
+    // Held open to the end, so a write to the pipe blocks rather than fails.
+    drop(unread);
+}
