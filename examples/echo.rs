@@ -95,8 +95,9 @@ async fn run(address: &str, drain_timeout: Duration) -> Result<DrainReport, BoxE
     let mut drain = Drain::new();
     // Drains of connections from before a resume go on beside the new generation of connections.
     let mut earlier_drains = Vec::new();
-    // The socket is already listening: connections made before the loop below first polls wait in
-    // the kernel's accept queue, so the previous process may stop accepting now.
+    // Before the first accept: the socket is already listening, so connections made before the
+    // loop below first polls wait in the kernel's accept queue, and the previous process may stop
+    // accepting now; and whatever fails here fails before this process holds a connection.
     octopus.ready()?;
     let report = loop {
         let stop = accept_until_stopped(&listener, &octopus, &drain).await;

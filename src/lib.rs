@@ -37,17 +37,28 @@
 //!  SIGHUP ──► pipe(); fork + exec argv[0] ───────► same argv, cwd and env, plus
 //!             fds 3 and 5 cross exec               OCTOPUS_LISTENERS=3=tcp:127.0.0.1:8080
 //!             (everything else is close-on-exec)   OCTOPUS_READY_FD=5  OCTOPUS_PARENT_PID=100
-//!  still accepting on fd 3   ◄──── one kernel socket, one accept queue ────► adopts fd 3, checks it
-//!                                                  starts accepting
+//!  still accepting on fd 3   ◄──── one kernel socket, one accept queue ────► adopts fd 3, checks it,
+//!                                                  writes the pid file (nothing accepted yet)
 //!  reads "ready" from the pipe ◄──────────────────  writes "ready" to fd 5 (Octopus::ready)
-//!  stops accepting; drains: in-flight requests
-//!  finish, keep-alive clients get Connection:
+//!  stops accepting; drains: in-flight requests     starts accepting: connections queued
+//!  finish, keep-alive clients get Connection:      meanwhile wait in the kernel, none refused
 //!  close, HTTP/2 gets GOAWAY; exits 0             serving alone
 //!
 //!  If the new process exits, crashes, closes the pipe or is not ready within
-//!  `upgrade_timeout`: it is killed if needed and reaped, the reason is logged, and the
-//!  old process keeps serving as if nothing happened.
+//!  `upgrade_timeout`: it is stopped if needed (SIGTERM, then SIGKILL after the drain
+//!  timeout) and reaped, the reason is logged, and the old process keeps serving as if
+//!  nothing happened. It had accepted nothing, since it accepts only after its report.
 //! ```
+//!
+//! A shutdown and a ready report can cross; each process settles them under one lock, so there
+//! are only two outcomes. If the old process's shutdown came first, the new process is stopped
+//! (SIGTERM: it drains whatever it accepted) and reaped, and the upgrade returns
+//! [`UpgradeError::Cancelled`]. If the hand-over came first, the shutdown only ends the old
+//! process's drain early, and is logged as coming after the hand-over. Likewise a new process
+//! that is told to stop before its report never reports ready, so the old one rolls back. A
+//! successor starts with SIGHUP, SIGUSR1 and SIGUSR2 ignored until its handlers are installed,
+//! so an upgrade signal cannot kill it while it starts. One [`Octopus`] per process: it owns the
+//! signals and every listener's hand-over ([`Error::SecondInstance`] otherwise).
 //!
 //! # The hand-over protocol
 //!
@@ -78,12 +89,16 @@
 //! | an inherited Unix socket's path was removed while serving (warning, `path=`) | `the Unix socket path was removed while serving, so nobody could connect; re-creating it`, then `listening on a new socket at the path; …` or `cannot re-create the Unix socket path (ERROR); …` |
 //! | an inherited Unix socket's path leads elsewhere (warning, `path=`) | `the Unix socket path is not a socket any more; …`, `the Unix socket path was removed while serving and another socket file is there now; …` |
 //! | [`Octopus::ready`] | `server started` (`pid=`), and in a new process `reported ready to the old process` or `the old process is gone; serving alone` |
+//! | a shutdown began before [`Octopus::ready`] | `a shutdown began before this process was ready; not reporting ready`, then from [`Server`] `server shut down before it was ready; the old process keeps serving` |
 //! | a signal arrives | `signal received: SIGHUP` (or `SIGUSR1`, …) |
 //! | an upgrade | `new process spawned`, then `new process ready`, then `old process draining; new process N serves` or `old process kept alive beside new process N` |
-//! | an upgrade that fails | `upgrade failed; the old process keeps serving: REASON` (exit status or signal, timeout, OS error) |
+//! | an upgrade that fails | `upgrade failed; the old process keeps serving: REASON` (exit status or signal, timeout, OS error, working directory gone) |
+//! | a new process stopped by the old one | `new process N stopped and reaped (STATUS)`, or `new process N did not exit within T of SIGTERM; killing it` then `new process reaped` |
+//! | a new process ready after the old one began its shutdown (warning) | `new process N reported ready after this process began shutting down; stopping it`, then `upgrade cancelled by shutdown; new process N was stopped and reaped` |
+//! | a new process dropped before it took over (warning; a bug if ever seen) | `new process N abandoned before it took over; killing and reaping it` |
 //! | an upgrade that is not started | `upgrade refused: REASON` (one in flight, not serving yet, stopping) |
 //! | a successor that dies while this process drains | `new process N died after it was ready (STATUS); resuming accepting` |
-//! | a shutdown | `graceful shutdown started`, `already stopping; the drain under way goes on` for a repeat |
+//! | a shutdown | `graceful shutdown started`, `already stopping; the drain under way goes on` for a repeat, `shutdown asked after the hand-over to process N, which serves; this process goes on draining` after a hand-over |
 //! | a drain | `draining connections; deadline TIME` (UTC wall clock), then `drain complete; every connection finished` or `drain deadline reached; cut N connections` |
 //! | the end | `server shut down` |
 #![cfg(unix)]

@@ -49,6 +49,25 @@ fn missing_program_fails_at_once_naming_the_path() {
 }
 
 #[test]
+fn a_removed_working_directory_is_named_not_the_program() {
+    let (server, _bin, program) = start_copy(&[]);
+    server.port();
+    let cwd = server.dir.path().to_path_buf();
+    std::fs::remove_dir_all(&cwd).unwrap();
+    let line = assert_rollback(
+        &server,
+        &[
+            &cwd.display().to_string(),
+            "the directory this server was started from",
+        ],
+    );
+    assert!(
+        !line.contains(&program.display().to_string()),
+        "the program is fine and must not be blamed: {line}"
+    );
+}
+
+#[test]
 fn program_that_is_not_executable_fails_at_once() {
     use std::os::unix::fs::PermissionsExt;
     let (server, _bin, program) = start_copy(&[]);
