@@ -6,23 +6,10 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use rustix::process::Signal;
 use support::*;
-
-const LOCAL: &[&str] = &["-h", "127.0.0.1", "-p", "0"];
-
-/// Starts a copy of the example whose file a test may replace, and returns it with its directory.
-fn start_copy(extra: &[&str]) -> (Hello, tempfile::TempDir, std::path::PathBuf) {
-    let bin = tempfile::tempdir().unwrap();
-    let program = copy_of_hello(bin.path());
-    let args: Vec<&str> = LOCAL.iter().chain(extra).copied().collect();
-    let server = Hello::start_program(&program, &args);
-    (server, bin, program)
-}
 
 /// HUPs the server whose program was made unusable and checks the rollback.
 fn assert_rollback(server: &Hello, expected: &[&str]) -> String {
@@ -180,20 +167,7 @@ fn a_storm_of_100_sighups_keeps_one_upgrade_in_flight_and_no_request_fails() {
     let port = server.port();
     let first = server.first_pid();
     let fds_first = fd_kinds(first);
-    let done = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let client = {
-        let (done, ok, failed) = (done.clone(), ok.clone(), failed.clone());
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + TIMEOUT;
-            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match get(port, "/ping") {
-                    Ok(reply) if reply.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        })
-    };
+    let load = Load::start(port);
     // Each signal goes to the newest generation known to serve, so the storm chains upgrades
     // while each process sees signals arrive during its own upgrade.
     let newest = |server: &Hello| {
@@ -264,15 +238,9 @@ fn a_storm_of_100_sighups_keeps_one_upgrade_in_flight_and_no_request_fails() {
         server.wait_for_nth(&["new process ready"], generations.len() - 1),
         "the one generation left is the last one made ready"
     );
-    done.store(true, Ordering::Relaxed);
-    client.join().unwrap();
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "{} requests answered",
-        ok.load(Ordering::Relaxed)
-    );
-    assert!(ok.load(Ordering::Relaxed) > 0);
+    let (ok, failed) = load.stop();
+    assert_eq!(failed, 0, "{ok} requests answered");
+    assert!(ok > 0);
     assert_eq!(pid_answering(port), last, "exactly one generation serves");
     let inodes = listening_inode(port);
     assert_eq!(inodes.len(), 1, "one listening socket on port {port}");

@@ -4,28 +4,28 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use rustix::process::Signal;
 use support::*;
 
-fn pid_in(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+/// The example with a pid file in a fresh directory: the server, the file and `FILE.oldbin`.
+fn start_with_pid_file() -> (Hello, tempfile::TempDir, PathBuf, PathBuf) {
+    let run = tempfile::tempdir().unwrap();
+    let pid_file = run.path().join("app.pid");
+    let oldbin = run.path().join("app.pid.oldbin");
+    let args: Vec<&str> = LOCAL
+        .iter()
+        .copied()
+        .chain(["--pid-file", pid_file.to_str().unwrap()])
+        .collect();
+    let server = Hello::start(&args);
+    (server, run, pid_file, oldbin)
 }
 
 #[test]
 fn the_pid_file_names_whoever_serves_last_across_generations_kept_alive() {
-    let run = tempfile::tempdir().unwrap();
-    let pid_file = run.path().join("app.pid");
-    let oldbin = run.path().join("app.pid.oldbin");
-    let mut server = Hello::start(&[
-        "-h",
-        "127.0.0.1",
-        "-p",
-        "0",
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-    ]);
+    let (mut server, _run, pid_file, oldbin) = start_with_pid_file();
     let port = server.port();
     let old = server.first_pid();
     assert_eq!(pid_in(&pid_file), Some(old));
@@ -54,17 +54,7 @@ fn the_pid_file_names_whoever_serves_last_across_generations_kept_alive() {
 
 #[test]
 fn the_older_generation_stopping_first_leaves_the_newer_one_in_the_file() {
-    let run = tempfile::tempdir().unwrap();
-    let pid_file = run.path().join("app.pid");
-    let oldbin = run.path().join("app.pid.oldbin");
-    let mut server = Hello::start(&[
-        "-h",
-        "127.0.0.1",
-        "-p",
-        "0",
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-    ]);
+    let (mut server, _run, pid_file, oldbin) = start_with_pid_file();
     let port = server.port();
     let old = server.first_pid();
     signal(old, Signal::USR2);

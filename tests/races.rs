@@ -5,24 +5,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::path::Path;
 
 use rustix::process::Signal;
 use support::*;
-
-const LOCAL: &[&str] = &["-h", "127.0.0.1", "-p", "0"];
-
-/// A server started from a copy of the example, so the test can replace the file at its path.
-fn start_copy(extra: &[&str]) -> (Hello, tempfile::TempDir, PathBuf) {
-    let bin = tempfile::tempdir().unwrap();
-    let program = copy_of_hello(bin.path());
-    let args: Vec<&str> = LOCAL.iter().chain(extra).copied().collect();
-    let server = Hello::start_program(&program, &args);
-    (server, bin, program)
-}
 
 /// Makes the next generation a script that waits `secs` before it becomes the example.
 fn next_starts_slowly(bin: &Path, program: &Path, secs: f64) {
@@ -40,10 +26,6 @@ fn waits_in(pid: u32, wchan: &str) -> bool {
             })
         })
         .unwrap_or(false)
-}
-
-fn pid_in(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 #[test]
@@ -162,35 +144,16 @@ fn a_successor_failing_at_ready_never_takes_a_connection() {
     // Each successor now fails to write its pid file, after it adopted the listeners.
     std::fs::remove_dir_all(&pid_dir).unwrap();
 
-    let done = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let client = {
-        let (done, ok, failed) = (done.clone(), ok.clone(), failed.clone());
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + TIMEOUT;
-            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match get(port, "/ping") {
-                    Ok(reply) if reply.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        })
-    };
+    let load = Load::start(port);
     const UPGRADES: usize = 20;
     for n in 0..UPGRADES {
         signal(old, Signal::HUP);
         let line = server.wait_for_nth(&["upgrade failed"], n);
         assert!(line.contains("exit status: 1"), "{line}");
     }
-    done.store(true, Ordering::Relaxed);
-    client.join().unwrap();
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "{} requests answered",
-        ok.load(Ordering::Relaxed)
-    );
-    assert!(ok.load(Ordering::Relaxed) > 0);
+    let (ok, failed) = load.stop();
+    assert_eq!(failed, 0, "{ok} requests answered");
+    assert!(ok > 0);
     assert!(
         server.count(&["cannot write the pid file"]) >= UPGRADES,
         "each successor says why: {}",

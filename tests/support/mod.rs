@@ -530,3 +530,75 @@ pub fn replace_with_script(path: &Path, script: impl AsRef<[u8]>) {
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::rename(&staged, path).unwrap();
 }
+
+/// Loopback and a free port: how most tests start the example.
+pub const LOCAL: &[&str] = &["-h", "127.0.0.1", "-p", "0"];
+
+/// Starts a copy of the example with [`LOCAL`] and `extra`, so a test may replace the file at
+/// its start path; returns the server, the copy's directory and the copy's path.
+pub fn start_copy(extra: &[&str]) -> (Hello, tempfile::TempDir, PathBuf) {
+    let bin = tempfile::tempdir().unwrap();
+    let program = copy_of_hello(bin.path());
+    let args: Vec<&str> = LOCAL.iter().chain(extra).copied().collect();
+    let server = Hello::start_program(&program, &args);
+    (server, bin, program)
+}
+
+/// The pid a pid file names, if it names one.
+pub fn pid_in(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// `GET /ping` on a new connection each time, from a thread, until stopped or for at most
+/// `TIMEOUT`: connection-per-request load that counts answered and failed requests.
+pub struct Load {
+    done: Arc<std::sync::atomic::AtomicBool>,
+    counts: Arc<[std::sync::atomic::AtomicUsize; 2]>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(port: u16) -> Load {
+        use std::sync::atomic::Ordering::Relaxed;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let counts: Arc<[std::sync::atomic::AtomicUsize; 2]> = Arc::default();
+        let thread = {
+            let (done, counts) = (done.clone(), counts.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + TIMEOUT;
+                while !done.load(Relaxed) && Instant::now() < deadline {
+                    let answered = matches!(get(port, "/ping"), Ok(reply) if reply.status == 200);
+                    counts[usize::from(!answered)].fetch_add(1, Relaxed);
+                }
+            })
+        };
+        Load {
+            done,
+            counts,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the load and returns how many requests were answered and how many failed.
+    pub fn stop(mut self) -> (usize, usize) {
+        self.finish();
+        let [ok, failed] = &*self.counts;
+        (
+            ok.load(std::sync::atomic::Ordering::Relaxed),
+            failed.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    fn finish(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
