@@ -222,3 +222,21 @@ pub enum UpgradeError {
         source: io::Error,
     },
 }
+
+impl UpgradeError {
+    /// The new process's id, if one was started.
+    pub fn new_pid(&self) -> Option<u32> {
+        match self {
+            UpgradeError::Exited { pid, .. }
+            | UpgradeError::Timeout { pid, .. }
+            | UpgradeError::ClosedWithoutReady { pid }
+            | UpgradeError::Cancelled { pid }
+            | UpgradeError::Watch { pid, .. } => Some(*pid),
+            UpgradeError::InProgress
+            | UpgradeError::Stopping
+            | UpgradeError::NotReady
+            | UpgradeError::Spawn { .. }
+            | UpgradeError::WorkingDirectory { .. } => None,
+        }
+    }
+}

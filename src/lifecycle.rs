@@ -462,7 +462,9 @@ impl Handle {
         let successor = match ran {
             Ok(successor) => successor,
             Err(e) => {
-                self.reclaim_pid_file();
+                if let Some(pid) = e.new_pid() {
+                    self.reclaim_pid_file(pid);
+                }
                 return Err(e);
             }
         };
@@ -524,7 +526,7 @@ impl Handle {
                     "new process {pid} reported ready after this process began shutting down; stopping it"
                 );
                 successor.stop().await;
-                self.reclaim_pid_file();
+                self.reclaim_pid_file(pid);
                 return Err(UpgradeError::Cancelled { pid });
             }
         }
@@ -532,9 +534,16 @@ impl Handle {
         Ok(pid)
     }
 
-    /// After a failed upgrade the pid file may name the failed process: it names this one again.
-    fn reclaim_pid_file(&self) {
+    /// After a failed upgrade the pid file may name the failed process `failed`, or be gone: it
+    /// names this one again. A file naming another live generation (one kept serving beside this
+    /// one by SIGUSR1) is left to it.
+    fn reclaim_pid_file(&self, failed: u32) {
         if let Some(path) = &self.inner.pid_file {
+            let me = std::process::id();
+            let named = pidfile::read_pid(path);
+            if named.is_some_and(|pid| pid != failed && pid != me && pidfile::is_alive(pid)) {
+                return;
+            }
             if let Err(e) = pidfile::write(path, std::process::id()) {
                 tracing::warn!(path = %path.display(), "cannot write the pid file: {e}");
             }

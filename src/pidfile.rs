@@ -71,7 +71,8 @@ fn names(path: &Path, pid: u32) -> bool {
     read_pid(path) == Some(pid)
 }
 
-fn is_alive(pid: u32) -> bool {
+/// Whether process `pid` exists (a zombie counts: it is gone only once reaped).
+pub(crate) fn is_alive(pid: u32) -> bool {
     let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
         return false;
     };

@@ -68,3 +68,27 @@ fn the_older_generation_stopping_first_leaves_the_newer_one_in_the_file() {
     assert!(!oldbin.exists());
     assert_eq!(pid_answering(port), new);
 }
+
+#[test]
+fn a_failed_upgrade_of_the_older_generation_leaves_the_newer_one_in_the_file() {
+    let run = tempfile::tempdir().unwrap();
+    let pid_file = run.path().join("app.pid");
+    let (server, _bin, program) = start_copy(&["--pid-file", pid_file.to_str().unwrap()]);
+    server.port();
+    let old = server.first_pid();
+    signal(old, Signal::USR1);
+    let new = field(
+        &server.wait_for(&["old process kept alive beside new process"]),
+        "new_pid",
+    );
+    assert_eq!(pid_in(&pid_file), Some(new));
+    // The next build is broken; the older generation is asked to upgrade again, and fails.
+    replace_with_script(&program, "#!/bin/sh\nexit 1\n");
+    signal(old, Signal::USR1);
+    server.wait_for(&["upgrade failed", "exit status: 1"]);
+    assert_eq!(
+        pid_in(&pid_file),
+        Some(new),
+        "the newer generation still serves last"
+    );
+}
