@@ -25,10 +25,6 @@ fn pid_over_unix(path: &Path) -> std::io::Result<u32> {
         .map_err(|_| std::io::Error::other(format!("not a pid: {reply:?}")))
 }
 
-fn pid_in(file: &Path) -> Option<u32> {
-    std::fs::read_to_string(file).ok()?.trim().parse().ok()
-}
-
 #[test]
 fn a_full_log_pipe_that_nobody_reads_blocks_neither_upgrades_nor_requests_nor_sigterm() {
     let (unread, log) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
@@ -58,15 +54,16 @@ fn a_full_log_pipe_that_nobody_reads_blocks_neither_upgrades_nor_requests_nor_si
         });
         signal(serving, Signal::HUP);
         let old = serving;
+        // The pid file names the new process before it reports ready; both processes accept
+        // until the old one reads that report, so an answer from a pid other than the old one's
+        // is no proof of a hand-over: wait for the new process the file names to answer itself.
+        eventually(&format!("upgrade {upgrade} names a new process"), || {
+            pid_in(&pid_file).is_some_and(|pid| pid != old)
+        });
+        serving = pid_in(&pid_file).unwrap();
         eventually(
-            &format!("upgrade {upgrade} hands over"),
-            || match pid_over_unix(&socket) {
-                Ok(pid) if pid != old => {
-                    serving = pid;
-                    true
-                }
-                _ => false,
-            },
+            &format!("upgrade {upgrade}: the new process serves"),
+            || pid_over_unix(&socket).is_ok_and(|pid| pid == serving),
         );
     }
     let mut stream = UnixStream::connect(&socket).unwrap();
