@@ -1,7 +1,7 @@
 //! Starting the new process, behind a small interface so the upgrade logic is tested without
 //! spawning anything.
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -227,7 +227,6 @@ impl Spawner for OsSpawner {
         start: &StartInfo,
         listeners: &[(ListenerKey, BorrowedFd<'_>)],
     ) -> io::Result<Spawned<OsChild>> {
-        check_executable(&start.program)?;
         let (ready_read, ready_write) = readiness::pipe()?;
         let handover = Handover {
             listeners: listeners
@@ -243,18 +242,20 @@ impl Spawner for OsSpawner {
             .map(|(fd, _)| *fd)
             .chain([handover.ready_fd])
             .collect();
+        let environment = std::env::vars_os()
+            .filter(|(name, _)| !VARS.iter().any(|var| name == var))
+            .chain(
+                handover
+                    .to_env()
+                    .map(|(name, value)| (name.into(), value.into())),
+            );
+        let exec = Exec::new(start, environment)?;
+        // Only for what std does before the hook: the working directory, stdio.
         let mut command = std::process::Command::new(&start.program);
-        command
-            .arg0(&start.argv0)
-            .args(&start.args)
-            .current_dir(&start.cwd);
-        for var in VARS {
-            command.env_remove(var);
-        }
-        command.envs(handover.to_env());
-        // SAFETY: the closure runs in the forked child before exec and only makes raw fcntl and
-        // signal system calls (async-signal-safe, no allocation) on fds the parent keeps open
-        // until `spawn` returns.
+        command.current_dir(&start.cwd);
+        // SAFETY: the closure runs in the forked child before exec and only makes raw fcntl,
+        // signal and execve system calls (async-signal-safe, no allocation) on fds the parent
+        // keeps open until `spawn` returns and on C strings `exec` owns.
         unsafe {
             command.pre_exec(move || {
                 for fd in &inherit {
@@ -265,7 +266,7 @@ impl Spawner for OsSpawner {
                         return Err(io::Error::last_os_error());
                     }
                 }
-                Ok(())
+                Err(exec.exec())
             });
         }
         let child = command.spawn()?;
@@ -282,30 +283,81 @@ impl Spawner for OsSpawner {
     }
 }
 
-/// Refuses a file the kernel would refuse with ENOEXEC, before forking: otherwise the C library's
-/// `execvp` hands such a file to `/bin/sh`, and the real error is lost in a shell's complaint.
-#[cfg(target_os = "linux")]
-fn check_executable(program: &Path) -> io::Result<()> {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    let read = match std::fs::File::open(program) {
-        Ok(file) => file.take(4).read(&mut magic)?,
-        // An execute-only file cannot be read: leave the verdict to exec.
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if magic[..read].starts_with(b"#!") || magic[..read] == *b"\x7fELF" {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(
-            rustix::io::Errno::NOEXEC.raw_os_error(),
-        ))
-    }
+/// The program, its arguments and its environment as `execve` takes them, made before forking:
+/// the child may not allocate.
+///
+/// The successor is started with `execve` itself rather than std's `execvp`: for a file the
+/// kernel refuses with ENOEXEC (a text file, a truncated binary, one built for another
+/// architecture), the C library's `execvp` runs it through `/bin/sh` instead, and a shell then
+/// interprets the file's bytes as commands. With `execve` the kernel's refusal is the error.
+struct Exec {
+    program: CString,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    /// Owns what `argv` and `envp` point to.
+    _strings: Vec<CString>,
 }
 
-#[cfg(not(target_os = "linux"))]
-fn check_executable(_program: &Path) -> io::Result<()> {
-    Ok(())
+// SAFETY: the pointers point into the heap buffers of `_strings` (and `program`), which `Exec`
+// owns and never changes, so they stay valid wherever it is sent or shared.
+unsafe impl Send for Exec {}
+// SAFETY: as above; `Exec` is only read.
+unsafe impl Sync for Exec {}
+
+impl Exec {
+    fn new(
+        start: &StartInfo,
+        environment: impl Iterator<Item = (OsString, OsString)>,
+    ) -> io::Result<Exec> {
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let c_string = |bytes: Vec<u8>| {
+            CString::new(bytes).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a NUL byte in an argument or variable",
+                )
+            })
+        };
+        let args: Vec<CString> = std::iter::once(&start.argv0)
+            .chain(&start.args)
+            .map(|arg| c_string(arg.as_bytes().to_vec()))
+            .collect::<io::Result<_>>()?;
+        let env: Vec<CString> = environment
+            .map(|(name, value)| {
+                let mut pair = name.into_vec();
+                pair.push(b'=');
+                pair.extend(value.into_vec());
+                c_string(pair)
+            })
+            .collect::<io::Result<_>>()?;
+        let pointers = |strings: &[CString]| {
+            strings
+                .iter()
+                .map(|s| s.as_ptr())
+                .chain([std::ptr::null()])
+                .collect::<Vec<_>>()
+        };
+        Ok(Exec {
+            program: c_string(start.program.as_os_str().as_bytes().to_vec())?,
+            argv: pointers(&args),
+            envp: pointers(&env),
+            _strings: args.into_iter().chain(env).collect(),
+        })
+    }
+
+    /// Replaces the process image; returns only the reason it could not.
+    fn exec(&self) -> io::Error {
+        // SAFETY: every pointer is to a NUL-terminated string owned by `self`, and both arrays
+        // end with a null pointer.
+        unsafe {
+            libc::execve(
+                self.program.as_ptr(),
+                self.argv.as_ptr(),
+                self.envp.as_ptr(),
+            )
+        };
+        io::Error::last_os_error()
+    }
 }
 
 #[cfg(test)]
@@ -343,28 +395,44 @@ mod tests {
         );
     }
 
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn files_that_are_not_programs_are_refused_with_enoexec() {
+    #[tokio::test]
+    async fn files_the_kernel_cannot_run_are_an_error_never_a_shell_script() {
         let dir = tempfile::tempdir().unwrap();
+        // Were it run by /bin/sh, as execvp does with such files, this would leave a mark.
+        let mark = dir.path().join("ran-as-a-script");
+        let truncated_elf = std::fs::read("/proc/self/exe").unwrap()[..64].to_vec();
+        let text = format!("touch {}\n", mark.display()).into_bytes();
         for (name, content) in [
-            ("empty", &b""[..]),
-            ("text", b"hello"),
-            ("script", b"#!/bin/sh\n"),
+            ("empty", Vec::new()),
+            ("text", text),
+            ("truncated", truncated_elf),
         ] {
-            std::fs::write(dir.path().join(name), content).unwrap();
+            let program = dir.path().join(name);
+            std::fs::write(&program, content).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let start = StartInfo {
+                program: program.clone(),
+                argv0: name.into(),
+                args: vec![],
+                cwd: "/".into(),
+            };
+            let err = match OsSpawner.spawn(&start, &[]) {
+                Err(err) => err,
+                Ok(mut spawned) => {
+                    let status = spawned.child.wait().await;
+                    panic!("{name} was started ({status:?}); the kernel refuses it");
+                }
+            };
+            assert_eq!(
+                err.raw_os_error(),
+                Some(rustix::io::Errno::NOEXEC.raw_os_error()),
+                "{name}: {err}"
+            );
         }
-        for name in ["empty", "text"] {
-            let err = check_executable(&dir.path().join(name)).unwrap_err();
-            assert!(err.to_string().contains("Exec format error"), "{err}");
-        }
-        check_executable(&dir.path().join("script")).unwrap();
-        check_executable(Path::new("/bin/sh")).unwrap();
-        assert_eq!(
-            check_executable(&dir.path().join("missing"))
-                .unwrap_err()
-                .kind(),
-            io::ErrorKind::NotFound
+        assert!(
+            !mark.exists(),
+            "a file the kernel refused was run by a shell"
         );
     }
 
