@@ -12,7 +12,7 @@ use std::process::ExitStatus;
 
 use rustix::io::FdFlags;
 
-use crate::env::{Handover, VARS};
+use crate::env::{Handover, GENERATION_VAR, UPGRADE_STARTED_VAR, VARS};
 use crate::error::Error;
 use crate::listeners::ListenerKey;
 use crate::readiness;
@@ -252,6 +252,8 @@ impl Spawner for OsSpawner {
             command.env_remove(var);
         }
         command.envs(handover.to_env());
+        command.env(GENERATION_VAR, (crate::env::generation() + 1).to_string());
+        command.env(UPGRADE_STARTED_VAR, crate::env::upgrade_started_now());
         // SAFETY: the closure runs in the forked child before exec and only makes raw fcntl and
         // signal system calls (async-signal-safe, no allocation) on fds the parent keeps open
         // until `spawn` returns.
