@@ -4,6 +4,8 @@
 //! cargo run --release --example hello -- -h 127.0.0.1 -p 8080
 //! curl http://127.0.0.1:8080/ping          # pong
 //! kill -HUP <pid>                          # upgrade to the binary now at the same path
+//! # or, with --control /tmp/hello.sock, an upgrade that says how it went:
+//! octopus upgrade --control /tmp/hello.sock
 //! ```
 //!
 //! Routes: `GET /ping` answers `pong`, `GET /pid` the answering process id, `GET /sleep?ms=N`
@@ -77,6 +79,10 @@ struct Args {
     /// Write the pid of the serving process to this file
     #[arg(long, value_name = "FILE")]
     pid_file: Option<PathBuf>,
+
+    /// Answer `octopus status|upgrade|stop` on this Unix socket (mode 0600, handed over on upgrade)
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
 
     /// Print help
     #[arg(long, action = clap::ArgAction::Help)]
@@ -158,6 +164,9 @@ async fn serve_until_exit(args: Args) -> ExitCode {
         .pre_drain(Duration::from_secs_f64(args.pre_drain));
     if let Some(path) = &args.pid_file {
         config = config.pid_file(path);
+    }
+    if let Some(path) = &args.control {
+        config = config.control_socket(path);
     }
     let served = async {
         let octopus = Octopus::new(config.clone())?;

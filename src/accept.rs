@@ -62,7 +62,7 @@ pub(crate) fn accept_queued(
     }
 }
 
-fn is_per_connection(e: &io::Error) -> bool {
+pub(crate) fn is_per_connection(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionAborted

@@ -23,6 +23,8 @@ pub struct Config {
     pub(crate) handle_signals: bool,
     pub(crate) pre_drain: Duration,
     pub(crate) pid_file: Option<std::path::PathBuf>,
+    pub(crate) control_socket: Option<std::path::PathBuf>,
+    pub(crate) control_mode: u32,
 }
 
 impl Default for Config {
@@ -35,6 +37,8 @@ impl Default for Config {
             handle_signals: true,
             pre_drain: Duration::ZERO,
             pid_file: None,
+            control_socket: None,
+            control_mode: 0o600,
         }
     }
 }
@@ -99,6 +103,23 @@ impl Config {
     /// hands over; removed at a shutdown by the process it names.
     pub fn pid_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.pid_file = Some(path.into());
+        self
+    }
+
+    /// A Unix stream socket on which the serving generation answers commands (`status`,
+    /// `upgrade`, `stop`; one JSON object per line, see the crate docs), for the `octopus`
+    /// command and deploy scripts. It is handed over on upgrade like a listener: the same socket,
+    /// never removed and re-created. A stale socket file is replaced; a live one is an error.
+    pub fn control_socket(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.control_socket = Some(path.into());
+        self
+    }
+
+    /// Permission bits of the control socket file when this process creates it. Default `0o600`:
+    /// only the owner may connect (every connection is also checked to come from the server's own
+    /// user or root).
+    pub fn control_mode(mut self, mode: u32) -> Self {
+        self.control_mode = mode;
         self
     }
 

@@ -13,7 +13,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -27,6 +27,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::control::InFlight;
 use crate::drain::{Drain, Draining, Hold};
 use crate::trigger::Fired;
 
@@ -79,6 +80,8 @@ struct Shared {
     unclaimed_bytes: AtomicBool,
     /// Set once a response hands the connection to the application (101 or CONNECT).
     upgraded: OnceLock<Hold>,
+    /// Requests of this connection in flight, for the control socket's `status`.
+    in_flight: Arc<AtomicU32>,
 }
 
 /// Serves one connection with `service` until it ends, the drain retires it, or the drain cuts it.
@@ -89,6 +92,7 @@ pub(crate) async fn serve_connection<S, IO>(
     drain: Drain,
     draining: Draining,
     idle_grace: Duration,
+    in_flight: Arc<AtomicU32>,
 ) -> Result<(), BoxError>
 where
     S: HttpService,
@@ -101,6 +105,7 @@ where
         http1: AtomicBool::new(false),
         unclaimed_bytes: AtomicBool::new(false),
         upgraded: OnceLock::new(),
+        in_flight,
     });
     let service = CloseWhenDraining {
         inner: TowerToHyperService::new(service),
@@ -161,6 +166,7 @@ where
         // Without a body, bytes read while the request is served can only be a next request.
         let has_body = !request.body().is_end_stream();
         CloseWhenDrainingFuture {
+            _counted: InFlight::start(&self.shared.in_flight),
             inner: self.inner.call(request),
             watch: http1.then(|| Http1Watch {
                 shared: self.shared.clone(),
@@ -182,6 +188,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         watch: Option<Http1Watch>,
+        _counted: InFlight,
     }
 }
 
@@ -324,7 +331,16 @@ mod tests {
         let for_task = drain.clone();
         drain.spawn(move |draining| async move {
             let builder = auto::Builder::new(TokioExecutor::new());
-            let _ = serve_connection(&builder, server, service, for_task, draining, grace).await;
+            let _ = serve_connection(
+                &builder,
+                server,
+                service,
+                for_task,
+                draining,
+                grace,
+                Default::default(),
+            )
+            .await;
         });
         client
     }

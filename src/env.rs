@@ -10,6 +10,10 @@
 //! | `OCTOPUS_READY_FD` | the write end of a pipe; the new process writes one byte to it once it serves | `5` |
 //! | `OCTOPUS_PARENT_PID` | the pid of the old process | `4242` |
 //!
+//! Two more, optional, variables feed the control socket's `status`: `OCTOPUS_GENERATION`
+//! numbers the generations (1 for a first start) and `OCTOPUS_UPGRADE_STARTED` says when the
+//! upgrade began (milliseconds since the epoch); a missing or malformed one is not an error.
+//!
 //! Only the fds named here cross `exec`; every other fd of the old process is close-on-exec.
 
 use std::collections::HashSet;
@@ -28,6 +32,54 @@ pub const PARENT_PID_VAR: &str = "OCTOPUS_PARENT_PID";
 
 /// All variables of the protocol.
 pub const VARS: [&str; 3] = [LISTENERS_VAR, READY_FD_VAR, PARENT_PID_VAR];
+/// The generation number of the new process; informative only.
+pub const GENERATION_VAR: &str = "OCTOPUS_GENERATION";
+
+/// This process's generation number: 1 for a first start, its parent's plus one after an upgrade.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Reads (and removes) [`GENERATION_VAR`]; an upgraded process whose parent did not set it counts
+/// as the second generation.
+pub(crate) fn take_generation(upgraded: bool) -> u64 {
+    let inherited = std::env::var(GENERATION_VAR)
+        .ok()
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|n| *n > 1);
+    std::env::remove_var(GENERATION_VAR);
+    let generation = match (upgraded, inherited) {
+        (false, _) => 1,
+        (true, Some(n)) => n,
+        (true, None) => 2,
+    };
+    GENERATION.store(generation, std::sync::atomic::Ordering::Relaxed);
+    generation
+}
+
+/// When the parent started the upgrade that started this process (milliseconds since the Unix
+/// epoch, wall clock); informative only.
+pub const UPGRADE_STARTED_VAR: &str = "OCTOPUS_UPGRADE_STARTED";
+
+/// Reads (and removes) [`UPGRADE_STARTED_VAR`].
+pub(crate) fn take_upgrade_started() -> Option<std::time::SystemTime> {
+    let millis = std::env::var(UPGRADE_STARTED_VAR)
+        .ok()
+        .and_then(|n| n.parse::<u64>().ok());
+    std::env::remove_var(UPGRADE_STARTED_VAR);
+    millis.map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+}
+
+/// The value of [`UPGRADE_STARTED_VAR`] for a process started now.
+pub(crate) fn upgrade_started_now() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+        .to_string()
+}
+
+/// This process's generation number.
+pub(crate) fn generation() -> u64 {
+    GENERATION.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// What one process hands to its successor.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -78,6 +78,32 @@
 //! pipe open for writing. Anything else stops the new process with an [`InheritError`] naming the
 //! variable and the fd, before it reports ready, so the old process rolls back.
 //!
+//! # The control socket
+//!
+//! With [`Config::control_socket`], the generation that serves answers commands on a Unix stream
+//! socket (the `octopus` command of this repository's `cli/` drives it). The socket file is
+//! created with mode 0600 ([`Config::control_mode`]); a stale file is replaced, a live one is an
+//! error. It is handed over on upgrade like a listener (the same socket, never re-created), so
+//! its path always reaches the generation that serves; a client accepted by an older generation
+//! is still answered by it. Every client's credentials (`SO_PEERCRED`) are checked: only the
+//! server's own user and root are served, others get an error (and a warning is logged).
+//!
+//! Protocol version 1: one JSON object per line, each way; several commands may follow on one
+//! connection. Every answer carries `"v":1` and `"ok"`; a failure has `"error"` (a sentence) and,
+//! for an upgrade, `"reason"` (a stable code).
+//!
+//! | command | answer (besides `"v"` and `"ok"`) |
+//! |---|---|
+//! | `{"v":1,"cmd":"status"}` | `pid`, `parent_pid` (if alive), `state` (`starting`, `serving`, `upgrading`, `pre-draining`, `draining`), `uptime_ms`, `generation` (1 for a first start), `listeners` (each `key`, `address`, `connections`, `in_flight`), `beside_pid` (a successor kept beside this process), `last_upgrade` (`ok`, `pid`, `duration_ms`, `at`, or `error` and `reason`), `drain_deadline` (RFC 3339, while draining) |
+//! | `{"v":1,"cmd":"upgrade","keep_old":false,"timeout":30}` | answered once it is over: `pid` (the new process), `old_pid`, `duration_ms`, `old` (`draining`, or `serving` with `keep_old`); or `ok:false` with `reason` `in_progress`, `stopping`, `not_ready`, `spawn`, `working_directory`, `exited` (with `exit_code` or `signal`), `timeout`, `closed_without_ready`, `cancelled` or `watch` |
+//! | `{"v":1,"cmd":"stop","wait":true}` | a graceful shutdown; `pid` and `state` at once, or with `wait`, once the drain is over: `finished`, `cut`, `drain_ms` |
+//!
+//! Bad input is answered with an error (not JSON, an unknown command or option, another version)
+//! or closes the connection (a line over 64 KiB; nothing sent for 10 s, after an error line). At
+//! most 64 clients are served at once; more are answered `busy` and closed at once. None of it
+//! touches the request path: per-listener counts are kept per connection, taken at accept and
+//! released at close, and a request only counts itself in its own connection's counter.
+//!
 //! # Log events
 //!
 //! Through `tracing`, with stable messages (fields such as `pid=` follow them):
@@ -100,6 +126,8 @@
 //! | a successor that dies while this process drains | `new process N died after it was ready (STATUS); resuming accepting` |
 //! | a shutdown | `graceful shutdown started`, `already stopping; the drain under way goes on` for a repeat, `shutdown asked after the hand-over to process N, which serves; this process goes on draining` after a hand-over |
 //! | a drain | `draining connections; deadline TIME` (UTC wall clock), then `drain complete; every connection finished` or `drain deadline reached; cut N connections` |
+//! | a control client of another user (warning, `uid=`) | `control connection refused: user N is neither this server's user (M) nor root` |
+//! | a command on the control socket | `upgrade asked on the control socket`, `stop asked on the control socket` |
 //! | the end | `server shut down` |
 #![cfg(unix)]
 #![warn(missing_docs)]
@@ -108,6 +136,7 @@ mod accept;
 mod activation;
 mod config;
 mod connection;
+mod control;
 mod drain;
 mod env;
 mod error;

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::activation::{self, Activated};
 use crate::config::Config;
+use crate::control::{self, Facts, Gate, ListenerStats};
+use crate::drain::DrainReport;
 use crate::env::{Handover, LISTENERS_VAR, READY_FD_VAR, VARS};
 use crate::error::{Error, UpgradeError};
 use crate::fds;
@@ -48,12 +50,25 @@ pub enum AfterUpgrade {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub(crate) enum State {
     Starting,
     Serving,
     /// A shutdown was asked for with a pre-drain delay: still accepting, but reporting draining.
     PreDraining,
     Stopping(Stop),
+}
+
+impl State {
+    /// The name `status` reports on the control socket.
+    pub(crate) fn name(self, upgrading: bool) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Serving if upgrading => "upgrading",
+            State::Serving => "serving",
+            State::PreDraining => "pre-draining",
+            State::Stopping(_) => "draining",
+        }
+    }
 }
 
 /// What [`Octopus::report_ready`] did.
@@ -84,8 +99,11 @@ struct Parent {
 /// Whether an [`Octopus`] made by [`Octopus::new`] is alive in this process.
 static INSTANCE: AtomicBool = AtomicBool::new(false);
 
-struct Inner {
+pub(crate) struct Inner {
     registry: Registry,
+    facts: Facts,
+    /// When the upgrade that started this process began, according to the parent.
+    upgrade_started: Mutex<Option<std::time::SystemTime>>,
     pid_file: Option<std::path::PathBuf>,
     upgrader: Upgrader<OsSpawner>,
     parent: Mutex<Option<Parent>>,
@@ -200,9 +218,20 @@ impl Octopus {
                 (inherited.listeners, Some(inherited.parent), Vec::new())
             }
         };
+        let generation = crate::env::take_generation(parent.is_some());
+        let upgrade_started = crate::env::take_upgrade_started();
         let start = StartInfo::capture()?;
         let octopus = Self::assemble(&config, inherited, activated, parent, start, true);
         std::mem::forget(slot);
+        debug_assert_eq!(octopus.inner.facts.generation, generation);
+        *lock(&octopus.inner.upgrade_started) = upgrade_started;
+        if let Some(path) = &config.control_socket {
+            let (listener, _unreachable) = octopus
+                .inner
+                .registry
+                .unix(path, Some(config.control_mode))?;
+            control::serve(listener, &octopus.handle())?;
+        }
         if let Some(handlers) = handlers {
             handlers.serve(octopus.handle().downgrade(), config.kill_master);
         }
@@ -223,8 +252,15 @@ impl Octopus {
             config.upgrade_timeout,
             config.drain_timeout,
         );
+        let parent_pid = parent.as_ref().map(|p| p.pid);
+        let control_key = config
+            .control_socket
+            .as_ref()
+            .map(|path| ListenerKey::unix(path.to_string_lossy()));
         let inner = Arc::new(Inner {
             registry: Registry::new(inherited, activated),
+            facts: Facts::new(crate::env::generation(), parent_pid, control_key),
+            upgrade_started: Mutex::new(None),
             pid_file: config.pid_file.clone(),
             upgrader,
             parent: Mutex::new(parent),
@@ -346,6 +382,9 @@ impl Octopus {
         match (&parent, report) {
             (None, _) => notify::serving(),
             (Some(parent), Ok(())) => {
+                inner
+                    .facts
+                    .record_started_by_upgrade(*lock(&inner.upgrade_started));
                 tracing::info!(parent = parent.pid, "reported ready to the old process")
             }
             (Some(parent), Err(_)) => {
@@ -386,6 +425,7 @@ impl Octopus {
     /// new process has been stopped and reaped; call it before exiting.
     pub async fn settle(&self) {
         self.inner.upgrader.settled().await;
+        self.inner.facts.settle_clients().await;
         if let Some(path) = &self.inner.pid_file {
             pidfile::release(path, std::process::id());
         }
@@ -396,6 +436,21 @@ impl Octopus {
     /// upgrade, leave them open: the successor serves them.
     pub fn close_listeners(&self) {
         self.inner.registry.close_all();
+    }
+
+    /// Counts the connections of the listener at `address` for the control socket's `status`.
+    pub(crate) fn track_listener(&self, address: String) -> Arc<ListenerStats> {
+        self.inner.facts.track_listener(address)
+    }
+
+    /// A drain began, to end at `deadline`, or (`None`) the process serves again.
+    pub(crate) fn note_drain(&self, deadline: Option<std::time::SystemTime>) {
+        self.inner.facts.note_drain(deadline);
+    }
+
+    /// The drain is over: `stop` commands waiting for it are answered.
+    pub(crate) fn publish_drain(&self, report: DrainReport) {
+        self.inner.facts.publish_drain(report);
     }
 
     /// A handle to drive upgrades and shutdowns from code.
@@ -430,7 +485,19 @@ impl Handle {
     /// it drains what it accepted) and [`UpgradeError::Cancelled`] is returned: a shutdown never
     /// leaves a successor serving unannounced.
     pub async fn upgrade(&self, after: AfterUpgrade) -> Result<u32, UpgradeError> {
-        let result = self.try_upgrade(after).await;
+        self.upgrade_with(after, None).await
+    }
+
+    /// [`Handle::upgrade`], giving the new process `timeout` (instead of the configured upgrade
+    /// timeout) to report ready.
+    pub(crate) async fn upgrade_with(
+        &self,
+        after: AfterUpgrade,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<u32, UpgradeError> {
+        let started = std::time::Instant::now();
+        let result = self.try_upgrade(after, timeout).await;
+        self.inner.facts.record_upgrade(&result, started.elapsed());
         if let Err(e) = &result {
             match e {
                 UpgradeError::InProgress | UpgradeError::Stopping | UpgradeError::NotReady => {
@@ -446,7 +513,11 @@ impl Handle {
         result
     }
 
-    async fn try_upgrade(&self, after: AfterUpgrade) -> Result<u32, UpgradeError> {
+    async fn try_upgrade(
+        &self,
+        after: AfterUpgrade,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<u32, UpgradeError> {
         let inner = &self.inner;
         match *inner.state.borrow() {
             State::Starting => return Err(UpgradeError::NotReady),
@@ -457,7 +528,7 @@ impl Handle {
         notify::reloading();
         let ran = inner
             .upgrader
-            .run(&permit, &inner.registry, &inner.cancel_upgrade)
+            .run(&permit, &inner.registry, &inner.cancel_upgrade, timeout)
             .await;
         let successor = match ran {
             Ok(successor) => successor,
@@ -510,8 +581,11 @@ impl Handle {
                     "old process kept alive beside new process {pid}"
                 );
                 let mut child = successor.hand_over();
+                let beside = inner.facts.beside(pid);
                 tokio::spawn(async move {
-                    match child.wait().await {
+                    let exited = child.wait().await;
+                    drop(beside);
+                    match exited {
                         Ok(status) => {
                             tracing::info!(pid, %status, "process {pid} exited ({status})")
                         }
@@ -623,6 +697,32 @@ impl Handle {
 
     pub(crate) fn downgrade(&self) -> WeakHandle {
         WeakHandle(Arc::downgrade(&self.inner))
+    }
+
+    pub(crate) fn facts(&self) -> &Facts {
+        &self.inner.facts
+    }
+
+    /// The state's name for `status`.
+    pub(crate) fn state_name(&self) -> &'static str {
+        self.inner
+            .state
+            .borrow()
+            .name(self.inner.upgrader.in_flight())
+    }
+
+    /// The listeners in use, each key with its actual address.
+    pub(crate) fn listeners(&self) -> Vec<(ListenerKey, String)> {
+        self.inner.registry.describe_active()
+    }
+
+    /// Opens while this generation is the one that serves new connections alone (serving, and
+    /// no successor kept beside it).
+    pub(crate) fn control_gate(&self) -> Gate {
+        Gate::new(
+            self.inner.state.subscribe(),
+            self.inner.facts.beside_watch(),
+        )
     }
 }
 

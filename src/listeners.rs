@@ -230,6 +230,14 @@ impl Registry {
         f(&fds)
     }
 
+    /// The listeners in use: each key, and the actual address (see [`local_address`]).
+    pub fn describe_active(&self) -> Vec<(ListenerKey, String)> {
+        lock(&self.active)
+            .iter()
+            .map(|(key, fd)| (key.clone(), local_address(fd)))
+            .collect()
+    }
+
     /// Closes inherited listeners that this version of the program did not ask for.
     pub fn close_unused_inherited(&self) {
         for (key, _) in lock(&self.inherited).drain(..) {

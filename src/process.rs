@@ -12,7 +12,7 @@ use std::process::ExitStatus;
 
 use rustix::io::FdFlags;
 
-use crate::env::{Handover, VARS};
+use crate::env::{Handover, GENERATION_VAR, UPGRADE_STARTED_VAR, VARS};
 use crate::error::Error;
 use crate::listeners::ListenerKey;
 use crate::readiness;
@@ -242,13 +242,22 @@ impl Spawner for OsSpawner {
             .map(|(fd, _)| *fd)
             .chain([handover.ready_fd])
             .collect();
-        let environment = std::env::vars_os()
-            .filter(|(name, _)| !VARS.iter().any(|var| name == var))
-            .chain(
-                handover
-                    .to_env()
-                    .map(|(name, value)| (name.into(), value.into())),
-            );
+        let informative = [
+            (GENERATION_VAR, (crate::env::generation() + 1).to_string()),
+            (UPGRADE_STARTED_VAR, crate::env::upgrade_started_now()),
+        ];
+        let ours = |name: &OsString| {
+            VARS.iter()
+                .chain(&[GENERATION_VAR, UPGRADE_STARTED_VAR])
+                .any(|var| name == var)
+        };
+        let environment = std::env::vars_os().filter(|(name, _)| !ours(name)).chain(
+            handover
+                .to_env()
+                .into_iter()
+                .chain(informative)
+                .map(|(name, value)| (name.into(), value.into())),
+        );
         let exec = Exec::new(start, environment)?;
         // Only for what std does before the hook: the working directory, stdio.
         let mut command = std::process::Command::new(&start.program);

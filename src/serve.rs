@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::accept::{accept_loop, accept_queued};
 use crate::config::Config;
 use crate::connection::{serve_connection, HttpService};
+use crate::control::ListenerStats;
 use crate::drain::{Drain, DrainReport};
 use crate::error::Error;
 use crate::lifecycle::{Octopus, Reported, Stop};
@@ -201,29 +202,36 @@ impl Server {
             let stop_accepting = CancellationToken::new();
             let accept_loops: Vec<_> = listeners
                 .drain(..)
-                .map(|(listener, tls): (AnyListener, Option<Handshake>)| {
+                .map(|open: Open| {
                     let http = http.clone();
-                    let for_loop = tls.clone();
+                    let (tls, stats) = (open.tls.clone(), open.stats.clone());
                     let accepting = tokio::spawn(accept_loop(
-                        listener,
+                        open.listener,
                         stop_accepting.clone(),
-                        move |stream, peer| http.spawn_connection(stream, peer, for_loop.clone()),
+                        move |stream, peer| {
+                            http.spawn_connection(stream, peer, tls.clone(), &stats)
+                        },
                     ));
-                    (accepting, tls)
+                    (accepting, open.tls, open.stats)
                 })
                 .collect();
             let stop = octopus.stopped().await;
             stop_accepting.cancel();
-            for (accept_loop, tls) in accept_loops {
+            for (accept_loop, tls, stats) in accept_loops {
                 if let Ok(listener) = accept_loop.await {
-                    listeners.push((listener, tls));
+                    listeners.push(Open {
+                        listener,
+                        tls,
+                        stats,
+                    });
                 }
             }
+            octopus.note_drain(Some(SystemTime::now() + drain_timeout));
             if stop == Stop::Shutdown {
                 octopus.close_listeners();
-                for (listener, tls) in listeners.drain(..) {
-                    accept_queued(&listener, |stream, peer| {
-                        http.spawn_connection(stream, peer, tls.clone())
+                for open in listeners.drain(..) {
+                    accept_queued(&open.listener, |stream, peer| {
+                        http.spawn_connection(stream, peer, open.tls.clone(), &open.stats)
                     });
                 }
                 break http.drain.run(drain_timeout).await;
@@ -233,6 +241,7 @@ impl Server {
             tokio::select! {
                 report = &mut draining => break report.unwrap_or_default(),
                 () = octopus.resumed() => {
+                    octopus.note_drain(None);
                     earlier_drains.push(draining);
                     http.drain = Drain::new();
                 }
@@ -244,6 +253,7 @@ impl Server {
                 report = report.merge(earlier);
             }
         }
+        octopus.publish_drain(report);
         octopus.settle().await;
         tracing::info!(
             pid = std::process::id(),
@@ -278,21 +288,29 @@ impl<S: HttpService> Http<S> {
         stream: AnyStream,
         peer: Option<std::net::SocketAddr>,
         tls: Option<Handshake>,
+        stats: &Arc<ListenerStats>,
     ) {
+        let slot = stats.open();
         let builder = self.builder.clone();
         let service = self.service.clone();
         let drain = self.drain.clone();
         let idle_grace = self.idle_grace;
         self.drain.spawn(move |draining| async move {
+            let in_flight = slot.in_flight();
             let served = match tls {
                 None => {
-                    serve_connection(&builder, stream, service, drain, draining, idle_grace).await
+                    serve_connection(
+                        &builder, stream, service, drain, draining, idle_grace, in_flight,
+                    )
+                    .await
                 }
                 #[cfg(feature = "tls")]
                 Some(tls) => match tls.accept(stream).await {
                     Ok(stream) => {
-                        serve_connection(&builder, stream, service, drain, draining, idle_grace)
-                            .await
+                        serve_connection(
+                            &builder, stream, service, drain, draining, idle_grace, in_flight,
+                        )
+                        .await
                     }
                     Err(e) => Err(format!("TLS handshake failed: {e}").into()),
                 },
@@ -302,6 +320,7 @@ impl<S: HttpService> Http<S> {
             if let Err(e) = served {
                 tracing::debug!(?peer, "connection ended with an error: {e}");
             }
+            drop(slot);
         });
     }
 }
@@ -318,13 +337,31 @@ fn http_builder(header_read_timeout: Option<Duration>) -> auto::Builder<TokioExe
     builder
 }
 
+/// A listener being served, its TLS handshake if any, and its counts for `status`.
+struct Open {
+    listener: AnyListener,
+    tls: Option<Handshake>,
+    stats: Arc<ListenerStats>,
+}
+
+impl Open {
+    fn new(octopus: &Octopus, listener: AnyListener, tls: Option<Handshake>) -> Self {
+        let stats = octopus.track_listener(listener.describe());
+        Open {
+            listener,
+            tls,
+            stats,
+        }
+    }
+}
+
 /// Opens what an endpoint asks for, through `octopus` so it is handed over on upgrades, and adds
 /// it to `listeners`.
 fn open(
     octopus: &Octopus,
     endpoint: Endpoint,
     unix_mode: Option<u32>,
-    listeners: &mut Vec<(AnyListener, Option<Handshake>)>,
+    listeners: &mut Vec<Open>,
 ) -> Result<(), Error> {
     let register = |source| Error::Io {
         what: "cannot register a listener with the runtime",
@@ -349,7 +386,7 @@ fn open(
             // Connections queued on a socket whose path was removed are still served, by this
             // generation only: none can join them, so the queue is empty by the next hand-over.
             if let Some(unreachable) = unreachable {
-                listeners.push((unix(unreachable)?, None));
+                listeners.push(Open::new(octopus, unix(unreachable)?, None));
             }
             (unix(listener)?, None)
         }
@@ -363,6 +400,6 @@ fn open(
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(scheme, "listening on {}", listener.describe());
-    listeners.push((listener, tls));
+    listeners.push(Open::new(octopus, listener, tls));
     Ok(())
 }

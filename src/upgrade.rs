@@ -172,6 +172,11 @@ impl<S: Spawner> Upgrader<S> {
         })
     }
 
+    /// Whether an upgrade holds the slot.
+    pub fn in_flight(&self) -> bool {
+        *self.in_flight.borrow()
+    }
+
     /// Waits until no upgrade is in flight: a cancelled one has stopped and reaped its process.
     pub async fn settled(&self) {
         let _ = self
@@ -181,7 +186,8 @@ impl<S: Spawner> Upgrader<S> {
             .await;
     }
 
-    /// Starts a successor with the listeners of `registry` and waits until it is ready.
+    /// Starts a successor with the listeners of `registry` and waits until it is ready, for
+    /// `timeout` or else the configured upgrade timeout.
     ///
     /// On any failure the successor is stopped if needed and reaped before this returns.
     pub async fn run(
@@ -189,7 +195,9 @@ impl<S: Spawner> Upgrader<S> {
         _permit: &Permit,
         registry: &Registry,
         cancel: &CancellationToken,
+        timeout: Option<Duration>,
     ) -> Result<Successor<S::Child>, UpgradeError> {
+        let timeout = timeout.unwrap_or(self.timeout);
         let spawned = registry.with_handover(|fds| self.spawner.spawn(&self.start, fds));
         let Spawned { child, ready } = spawned.map_err(|source| self.spawn_error(source))?;
         let mut successor = Successor::new(child, self.stop_grace);
@@ -200,7 +208,7 @@ impl<S: Spawner> Upgrader<S> {
             program = %self.start.program.display(),
             "new process spawned"
         );
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + timeout;
         let outcome = tokio::select! {
             biased;
             report = ready => match report {
@@ -232,10 +240,7 @@ impl<S: Spawner> Upgrader<S> {
             }
             Outcome::Exited(status) => return Err(UpgradeError::Exited { pid, status }),
             Outcome::Closed => UpgradeError::ClosedWithoutReady { pid },
-            Outcome::TimedOut => UpgradeError::Timeout {
-                pid,
-                timeout: self.timeout,
-            },
+            Outcome::TimedOut => UpgradeError::Timeout { pid, timeout },
             Outcome::Cancelled => UpgradeError::Cancelled { pid },
             Outcome::WatchFailed(source) => UpgradeError::Watch { pid, source },
         };
@@ -437,7 +442,12 @@ mod tests {
     async fn run(upgrader: &Upgrader<FakeSpawner>) -> Result<Successor<FakeChild>, UpgradeError> {
         let permit = upgrader.begin().unwrap();
         upgrader
-            .run(&permit, &Registry::default(), &CancellationToken::new())
+            .run(
+                &permit,
+                &Registry::default(),
+                &CancellationToken::new(),
+                None,
+            )
             .await
     }
 
@@ -560,7 +570,7 @@ mod tests {
         cancel.cancel();
         let permit = upgrader.begin().unwrap();
         let err = upgrader
-            .run(&permit, &Registry::default(), &cancel)
+            .run(&permit, &Registry::default(), &cancel, None)
             .await
             .map(|_| ())
             .unwrap_err();
