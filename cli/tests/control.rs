@@ -559,3 +559,33 @@ fn a_signal_started_upgrade_shows_in_status() {
     assert!(status["last_upgrade"]["duration_ms"].as_u64().is_some());
     assert_eq!(status["generation"], 2);
 }
+
+#[test]
+fn an_unreachable_socket_or_an_answer_not_understood_exits_2_saying_what_to_try() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.sock");
+    for command in [&["status"][..], &["upgrade"], &["stop", "--wait"]] {
+        let output = run(command, &missing);
+        assert_eq!(code(&output), 2, "{command:?}: {}", stderr(&output));
+        let said = stderr(&output);
+        assert!(
+            said.contains(&missing.display().to_string()) && said.contains("--control"),
+            "names the path and the option: {said}"
+        );
+        assert_eq!(said.trim().lines().count(), 1, "one line: {said}");
+    }
+    let file = dir.path().join("regular-file");
+    std::fs::write(&file, "not a socket").unwrap();
+    let output = run(&["status"], &file);
+    assert_eq!(code(&output), 2, "{}", stderr(&output));
+    // Something that answers, but not the protocol.
+    let other = dir.path().join("other.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&other).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        std::io::Write::write_all(&mut stream, b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap();
+    });
+    let output = run(&["status"], &other);
+    server.join().unwrap();
+    assert_eq!(code(&output), 2, "{}", stderr(&output));
+}
