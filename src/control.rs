@@ -37,6 +37,9 @@ const WRITE_LIMIT: Duration = Duration::from_secs(5);
 const SETTLE_LIMIT: Duration = Duration::from_secs(2);
 /// The pause of the accept loop after an error that is not about one connection.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long an `upgrade` answer waits for the old generation's accept loops to end after the
+/// hand-over; they end within one scheduling round, so this only bounds a stalled process.
+const ACCEPT_STOP_LIMIT: Duration = Duration::from_secs(2);
 
 /// What `status` reports that the lifecycle records, and the control clients of this process.
 pub(crate) struct Facts {
@@ -45,7 +48,8 @@ pub(crate) struct Facts {
     parent_pid: Option<u32>,
     control_key: Option<ListenerKey>,
     last_upgrade: Mutex<Option<UpgradeRecord>>,
-    drain_deadline: Mutex<Option<SystemTime>>,
+    /// Set once a server's accept loops have stopped and its drain began; `None` while serving.
+    drain_deadline: watch::Sender<Option<SystemTime>>,
     listeners: Mutex<Vec<Arc<ListenerStats>>>,
     drained: watch::Sender<Option<DrainReport>>,
     beside: watch::Sender<Option<u32>>,
@@ -76,7 +80,7 @@ impl Facts {
             parent_pid,
             control_key,
             last_upgrade: Mutex::default(),
-            drain_deadline: Mutex::default(),
+            drain_deadline: watch::Sender::new(None),
             listeners: Mutex::default(),
             drained: watch::Sender::new(None),
             beside: watch::Sender::new(None),
@@ -118,7 +122,18 @@ impl Facts {
     }
 
     pub fn note_drain(&self, deadline: Option<SystemTime>) {
-        *lock(&self.drain_deadline) = deadline;
+        self.drain_deadline.send_replace(deadline);
+    }
+
+    /// After a hand-over, waits (at most `limit`) until this process's server has stopped
+    /// accepting, so that once an `upgrade` is answered every new connection reaches the new
+    /// process. Without a [`Server`](crate::Server) there are no accept loops to wait for.
+    async fn stopped_accepting(&self, limit: Duration) {
+        if lock(&self.listeners).is_empty() {
+            return;
+        }
+        let mut drain = self.drain_deadline.subscribe();
+        let _ = tokio::time::timeout(limit, drain.wait_for(Option::is_some)).await;
     }
 
     pub fn publish_drain(&self, report: DrainReport) {
@@ -335,12 +350,17 @@ async fn run(command: protocol::Command, handle: &Handle) -> Vec<u8> {
             tracing::info!(pid = me, keep_old, "upgrade asked on the control socket");
             let started = Instant::now();
             match handle.upgrade_with(after, timeout).await {
-                Ok(pid) => protocol::ok(json!({
+                Ok(pid) => {
+                    if !keep_old {
+                        handle.facts().stopped_accepting(ACCEPT_STOP_LIMIT).await;
+                    }
+                    protocol::ok(json!({
                     "pid": pid,
                     "old_pid": me,
                     "duration_ms": millis(started.elapsed()),
                     "old": if keep_old { "serving" } else { "draining" },
-                })),
+                    }))
+                }
                 Err(e) => protocol::failed(protocol::upgrade_error(&e)),
             }
         }
@@ -409,7 +429,9 @@ fn status(handle: &Handle) -> Value {
             .into();
         fields
     });
-    let drain_deadline = lock(&facts.drain_deadline)
+    let drain_deadline = facts
+        .drain_deadline
+        .borrow()
         .map(|deadline| humantime::format_rfc3339_millis(deadline).to_string());
     json!({
         "pid": std::process::id(),

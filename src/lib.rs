@@ -95,7 +95,7 @@
 //! | command | answer (besides `"v"` and `"ok"`) |
 //! |---|---|
 //! | `{"v":1,"cmd":"status"}` | `pid`, `parent_pid` (if alive), `state` (`starting`, `serving`, `upgrading`, `pre-draining`, `draining`), `uptime_ms`, `generation` (1 for a first start), `listeners` (each `key`, `address`, `connections`, `in_flight`), `beside_pid` (a successor kept beside this process), `last_upgrade` (`ok`, `pid`, `duration_ms`, `at`, or `error` and `reason`), `drain_deadline` (RFC 3339, while draining) |
-//! | `{"v":1,"cmd":"upgrade","keep_old":false,"timeout":30}` | answered once it is over: `pid` (the new process), `old_pid`, `duration_ms`, `old` (`draining`, or `serving` with `keep_old`); or `ok:false` with `reason` `in_progress`, `stopping`, `not_ready`, `spawn`, `working_directory`, `exited` (with `exit_code` or `signal`), `timeout`, `closed_without_ready`, `cancelled` or `watch` |
+//! | `{"v":1,"cmd":"upgrade","keep_old":false,"timeout":30}` | answered once it is over (the new process is ready, and the old one's [`Server`] has stopped accepting: every connection made after the answer reaches the new process): `pid` (the new process), `old_pid`, `duration_ms`, `old` (`draining`, or `serving` with `keep_old`); or `ok:false` with `reason` `in_progress`, `stopping`, `not_ready`, `spawn`, `working_directory`, `exited` (with `exit_code` or `signal`), `timeout`, `closed_without_ready`, `cancelled` or `watch` |
 //! | `{"v":1,"cmd":"stop","wait":true}` | a graceful shutdown; `pid` and `state` at once, or with `wait`, once the drain is over: `finished`, `cut`, `drain_ms` |
 //!
 //! Bad input is answered with an error (not JSON, an unknown command or option, another version)
