@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 3's benchmark, all of it: builds the example server, the tool, the baseline and the
-# ecdysis peer in release, runs every scenario and the wrk cross-check, and rewrites
-# BENCHMARKS.md and the plots from the JSON results in bench/results/.
+# Issue 3's benchmark, all of it: builds the example server, the tool, the `octopus` command
+# (which the control scenario runs), the baseline and the ecdysis peer in release, runs every
+# scenario and the wrk cross-check, and rewrites BENCHMARKS.md and the plots from the JSON
+# results in bench/results/.
 #
 #   bash bench/run.sh            # ~6 minutes on 2 cores (plus the build)
 #
@@ -16,10 +17,10 @@ fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --release --example hello -p octopus
-cargo build --release -p octopus-bench --bins
+cargo build --release -p octopus-bench --bins -p octopus-cli
 bench="$CARGO_TARGET_DIR/release/octopus-bench"
 
-for scenario in keepalive new-conn inflight usr1 shutdown; do
+for scenario in keepalive control new-conn inflight usr1 shutdown; do
     "$bench" run "$scenario"
 done
 "$bench" run overhead --rounds 9 --secs 4

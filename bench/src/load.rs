@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -55,6 +57,9 @@ pub struct LoadSpec {
     pub timeout: Duration,
     /// A client stops at its first refused connection (the shutdown scenario).
     pub stop_on_refused: bool,
+    /// Set: no request starts any more, before `stop_at` (a run whose length is the time its
+    /// upgrades take).
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// A failed request, with its timing.
@@ -239,7 +244,12 @@ async fn client(spec: LoadSpec, group: usize) -> Client {
     let mut conn_pid = None;
     for _ in 0..MAX_REQUESTS_PER_CLIENT {
         let start = Instant::now();
-        if start >= spec.stop_at {
+        if start >= spec.stop_at
+            || spec
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed))
+        {
             break;
         }
         if conn.is_none() {
@@ -288,7 +298,7 @@ async fn client(spec: LoadSpec, group: usize) -> Client {
     me
 }
 
-/// Runs the load until `spec.stop_at`, then waits for the requests in flight.
+/// Runs the load until `spec.stop_at` (or `spec.stop`), then waits for the requests in flight.
 pub async fn run(spec: LoadSpec) -> LoadOutcome {
     let mut tasks = Vec::new();
     for (i, g) in spec.groups.iter().enumerate() {

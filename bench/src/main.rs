@@ -2,9 +2,10 @@
 //!
 //! ```text
 //! octopus-bench run keepalive              # a preset against its servers, JSON in bench/results
+//! octopus-bench run control                # keepalive load, 50 × `octopus upgrade` back to back
 //! octopus-bench run overhead               # octopus vs baseline vs ecdysis, rounds A B C
 //! octopus-bench run wrk                    # keepalive load by wrk, for the cross-check
-//! octopus-bench smoke                      # CI: keepalive + new-conn, 5 upgrades, exit 1 on failure
+//! octopus-bench smoke                      # CI: keepalive, new-conn, control: 5 upgrades each, exit 1 on failure
 //! octopus-bench report                     # BENCHMARKS.md and the SVG plots from the JSON
 //! ```
 
@@ -38,7 +39,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run a scenario: keepalive, new-conn, inflight, usr1, shutdown, overhead, wrk.
+    /// Run a scenario: keepalive, control, new-conn, inflight, usr1, shutdown, overhead, wrk.
     Run {
         /// Scenario name.
         scenario: String,
@@ -63,8 +64,9 @@ enum Cmd {
         #[command(flatten)]
         paths: Paths,
     },
-    /// The CI smoke run: keepalive and new-conn against octopus, 5 upgrades each; exits 1 on
-    /// any failed request, zombie, fd leak or unfinished upgrade.
+    /// The CI smoke run: keepalive, new-conn and control against octopus, 5 upgrades each;
+    /// exits 1 on any failed request, zombie, fd leak, unfinished upgrade or `octopus upgrade`
+    /// that did not exit 0 with the new pid.
     Smoke {
         #[command(flatten)]
         paths: Paths,
@@ -101,6 +103,8 @@ impl Paths {
                 .unwrap_or_else(|| dir.join("examples").join("hello")),
             baseline: dir.join("baseline"),
             ecdysis: dir.join("ecdysis_peer"),
+            // Checked only by the scenario that runs it.
+            octopus: dir.join("octopus"),
         };
         for p in [&bins.hello, &bins.baseline, &bins.ecdysis] {
             if !p.is_file() {
@@ -139,7 +143,7 @@ async fn run_cmd(cmd: Cmd) -> Result<bool, String> {
             let bins = paths.bins()?;
             let out = paths.out(&std::env::temp_dir().join("octopus-bench-smoke"));
             let mut ok = true;
-            for name in ["smoke-keepalive", "smoke-new-conn"] {
+            for name in ["smoke-keepalive", "smoke-new-conn", "smoke-control"] {
                 let preset = scenarios::preset(name, &Overrides::default()).ok_or("preset")?;
                 let r = scenarios::run(&preset, Kind::Octopus, &bins, &out.join("logs"), &command)
                     .await?;

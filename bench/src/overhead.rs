@@ -50,6 +50,7 @@ pub async fn run(
                     stop_at: t0 + d,
                     timeout: Duration::from_secs(5),
                     stop_on_refused: false,
+                    stop: None,
                 })
             };
             run(Duration::from_secs(1)).await; // warm-up, not counted

@@ -5,7 +5,14 @@ use std::path::Path;
 
 use crate::results::{self, OverheadResult, ScenarioResult, WrkResult};
 
-const SCENARIOS: [&str; 5] = ["keepalive", "new-conn", "inflight", "usr1", "shutdown"];
+const SCENARIOS: [&str; 6] = [
+    "keepalive",
+    "control",
+    "new-conn",
+    "inflight",
+    "usr1",
+    "shutdown",
+];
 const SERVERS: [&str; 3] = ["octopus", "ecdysis", "baseline"];
 
 /// Median, 90th percentile and maximum of `v` (empty: `None`).
@@ -39,12 +46,67 @@ fn classes(map: &std::collections::BTreeMap<String, u64>) -> String {
         .join(", ")
 }
 
+/// What the `octopus upgrade` runs of a `control` run say: reported `duration_ms` and wall
+/// time (median, p90, max), and how many did not succeed.
+pub struct ControlFigures {
+    /// `duration_ms` the command reported.
+    pub reported: Option<(f64, f64, f64)>,
+    /// The command's wall time.
+    pub wall: Option<(f64, f64, f64)>,
+    /// Runs that exited non-zero (or not at all).
+    pub non_zero: usize,
+    /// Runs that exited 0 but whose answer or new process did not check out.
+    pub bad_answers: usize,
+    /// Runs.
+    pub runs: usize,
+}
+
+/// `None` for a run without `octopus upgrade`.
+pub fn control_figures(r: &ScenarioResult) -> Option<ControlFigures> {
+    let calls: Vec<_> = r
+        .upgrades
+        .iter()
+        .filter_map(|u| Some((u, u.control.as_ref()?)))
+        .collect();
+    if calls.is_empty() {
+        return None;
+    }
+    let non_zero = calls.iter().filter(|(_, c)| c.exit_code != Some(0)).count();
+    Some(ControlFigures {
+        reported: spread(
+            calls
+                .iter()
+                .filter_map(|(_, c)| c.reported_ms.map(|v| v as f64))
+                .collect(),
+        ),
+        wall: spread(calls.iter().map(|(_, c)| c.wall_ms).collect()),
+        non_zero,
+        bad_answers: calls
+            .iter()
+            .filter(|(u, c)| !c.succeeded(u.old_pid, u.new_pid))
+            .count()
+            - non_zero,
+        runs: calls.len(),
+    })
+}
+
 /// One line summing up a run, for the terminal.
 pub fn one_line(r: &ScenarioResult) -> String {
     let done = r.upgrades.iter().filter(|u| u.new_pid.is_some()).count();
+    let control = control_figures(r).map_or(String::new(), |c| {
+        format!(
+            ", octopus upgrade: reported duration_ms median/p90/max {}, wall {} ms, {} of {} \
+             exited non-zero, {} bad answers",
+            fmt_spread(c.reported),
+            fmt_spread(c.wall),
+            c.non_zero,
+            c.runs,
+            c.bad_answers
+        )
+    });
     format!(
         "{} / {}: {} ok, {} failed {:?}, {:.0} req/s, p99 {} us, upgrades {}/{}, \
-         signal->new pid median {} ms, fds {:?}->{:?}, zombies {}",
+         signal->new pid median {} ms, fds {:?}->{:?}, zombies {}{}",
         r.scenario,
         r.server,
         r.total.ok,
@@ -63,7 +125,8 @@ pub fn one_line(r: &ScenarioResult) -> String {
         .map_or("–".into(), |s| format!("{:.1}", s.0)),
         r.checks.first_fds,
         r.checks.final_fds,
-        r.checks.zombies_before_stop.len() + r.checks.zombies_after_stop.len()
+        r.checks.zombies_before_stop.len() + r.checks.zombies_after_stop.len(),
+        control
     )
 }
 
@@ -141,6 +204,51 @@ fn scenario_table(out: &mut String, rs: &[&ScenarioResult]) {
                     g.latency.p50_us,
                     g.latency.p99_us,
                     g.latency.max_us
+                );
+            }
+        }
+    }
+}
+
+fn control_table(out: &mut String, rs: &[&ScenarioResult]) {
+    out.push_str(
+        "\n`duration_ms` is what `octopus upgrade --json` answered: the server's own time from \
+         the request to the new process ready. Wall time is the command's, spawn to exit \
+         (process start, connect, the upgrade, the answer). The machine is shared (other \
+         builds ran, see the load average) and has 2 cores; nothing is pinned (the tool pins \
+         no scenario). Reproduce: `cargo build --release --example hello -p octopus && cargo \
+         build --release -p octopus-bench -p octopus-cli && target/release/octopus-bench run \
+         control && target/release/octopus-bench report`.\n\n| server | `octopus upgrade` runs | exited non-zero | exited 0, answer \
+         wrong | reported `duration_ms` median / p90 / max | wall time ms median / p90 / max | \
+         failed requests (by class) |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in rs {
+        if let Some(c) = control_figures(r) {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} ({}) |",
+                r.server,
+                c.runs,
+                c.non_zero,
+                c.bad_answers,
+                fmt_spread(c.reported),
+                fmt_spread(c.wall),
+                r.total.failed,
+                classes(&r.total.failed_by_class)
+            );
+        }
+    }
+    for r in rs {
+        for u in &r.upgrades {
+            if let Some(c) = u.control.as_ref().filter(|c| c.exit_code != Some(0)) {
+                let _ = writeln!(
+                    out,
+                    "\n{} upgrade {}: `octopus upgrade` {} after {:.1} ms: `{}`",
+                    r.server,
+                    u.n,
+                    c.status,
+                    c.wall_ms,
+                    c.answer.as_deref().unwrap_or("")
                 );
             }
         }
@@ -257,6 +365,13 @@ pub fn write(dir: &Path, out: &Path) -> Result<(), String> {
             .collect();
         let signals = match first.shutdown.as_ref() {
             Some(sd) => format!("SIGTERM at {:.1} s", sd.signal_ms / 1000.0),
+            None if first.signal == "CONTROL" => format!(
+                "{} upgrades by `octopus upgrade --control PATH --json` (the release binary of \
+                 `cli/`; `hello` started with `--control PATH` in a temporary directory), each \
+                 started when the previous one exited, from 1 s on; \"signal\" in the columns \
+                 below is the command's start",
+                first.upgrades_planned
+            ),
             None => format!(
                 "{} {} every {} ms",
                 first.upgrades_planned, first.signal, first.interval_ms
@@ -275,6 +390,9 @@ pub fn write(dir: &Path, out: &Path) -> Result<(), String> {
                 .join(", ")
         );
         scenario_table(&mut md, &rs);
+        if s == "control" {
+            control_table(&mut md, &rs);
+        }
         if s == "usr1" {
             for r in &rs {
                 let counts: Vec<u64> = r.generations.iter().map(|g| g.responses).collect();
@@ -531,6 +649,28 @@ fn targets(md: &mut String, all: &[ScenarioResult], overhead: Option<&OverheadRe
     let _ = writeln!(
         md,
         "| median signal → first response from the new pid (`keepalive`) | {a} | {b} |"
+    );
+    let control = find("control", "octopus").and_then(|r| Some((r, control_figures(r)?)));
+    let cell = control.map_or("not run".into(), |(r, c)| {
+        format!(
+            "{} {} of {} exited non-zero, {} failed requests; reported `duration_ms` {} \
+             (median / p90 / max), wall time {} ms",
+            if c.non_zero + c.bad_answers == 0 && r.total.failed == 0 {
+                "✅"
+            } else {
+                "❌"
+            },
+            c.non_zero,
+            c.runs,
+            r.total.failed,
+            fmt_spread(c.reported),
+            fmt_spread(c.wall)
+        )
+    });
+    let _ = writeln!(
+        md,
+        "| `octopus upgrade` under the keep-alive load (`control`): 0 exited non-zero, 0 failed \
+         requests | {cell} | n/a (no control socket) |"
     );
     let (a, b) = upgrade_cells(&|r| {
         let linger = spread(r.upgrades.iter().filter_map(|u| u.linger()).collect());

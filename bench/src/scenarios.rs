@@ -1,6 +1,8 @@
 //! The named presets and how one is run against one server.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
@@ -10,12 +12,16 @@ use crate::load::{self, Group, LoadSpec, Mode};
 use crate::procfs;
 use crate::results::{Checks, Generation, LogFacts, ScenarioResult, Shutdown};
 use crate::server::{Bins, Kind, Server};
-use crate::upgrades::{self, Plan, Sig};
+use crate::upgrades::{self, ControlCli, Plan, Sig};
 
 /// Per-request timeout.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The servers' drain timeout (octopus's default), used to bound the waits.
 const DRAIN: Duration = Duration::from_secs(5);
+/// Load after the last upgrade: the last old process drains under load.
+const TAIL: Duration = Duration::from_millis(1500);
+/// The `control` scenario's bound on the time of all its upgrades, per upgrade.
+const CONTROL_BOUND_PER_UPGRADE: Duration = Duration::from_secs(2);
 
 /// A named scenario.
 #[derive(Debug, Clone)]
@@ -66,6 +72,14 @@ pub fn preset(name: &str, o: &Overrides) -> Option<Preset> {
             250,
             vec![Octopus, Ecdysis],
         ),
+        // The keepalive load, upgraded by `octopus upgrade` back to back (no interval).
+        "control" | "smoke-control" => (
+            vec![group("pid", "/pid", c(64), Mode::KeepAlive)],
+            Sig::Control,
+            50,
+            0,
+            vec![Octopus],
+        ),
         "new-conn" | "smoke-new-conn" => (
             vec![group("pid", "/pid", c(64), Mode::NewConn)],
             Sig::Sighup,
@@ -110,14 +124,21 @@ pub fn preset(name: &str, o: &Overrides) -> Option<Preset> {
     };
     let smoke = name.starts_with("smoke-");
     let count = o.upgrades.unwrap_or(if smoke { 5 } else { count });
-    let interval =
-        Duration::from_millis(o.interval_ms.unwrap_or(if smoke { 700 } else { interval }));
+    let interval = match sig {
+        Sig::Control => Duration::ZERO,
+        _ => Duration::from_millis(o.interval_ms.unwrap_or(if smoke { 700 } else { interval })),
+    };
     let first_at = Duration::from_secs(1);
-    let last_before = first_at + interval * count as u32;
+    let last_before = if sig == Sig::Control {
+        // Back to back: a bound, not a schedule; the load ends `TAIL` after the last answer.
+        first_at + CONTROL_BOUND_PER_UPGRADE * count as u32
+    } else {
+        first_at + interval * count as u32
+    };
     Some(Preset {
         name: name.into(),
         groups,
-        duration: last_before + Duration::from_millis(1500),
+        duration: last_before + TAIL,
         plan: Some(Plan {
             sig,
             count,
@@ -168,7 +189,21 @@ pub async fn run(
     let _ = std::fs::create_dir_all(log_dir);
     let loadavg_before = procfs::loadavg();
     let log = log_dir.join(format!("{}-{}.log", preset.name, kind.name()));
-    let server = Server::start(kind, bins, &[], Some(&log)).await?;
+    let (control, _control_dir) = match &preset.plan {
+        Some(plan) if plan.sig == Sig::Control => {
+            let (cli, dir) = control_cli(bins, log_dir, &preset.name)?;
+            (Some(cli), Some(dir))
+        }
+        _ => (None, None),
+    };
+    let extra: Vec<String> = match &control {
+        Some(cli) => vec![
+            "--control".into(),
+            cli.socket.to_string_lossy().into_owned(),
+        ],
+        None => Vec::new(),
+    };
+    let server = Server::start(kind, bins, &extra, Some(&log)).await?;
     let first = server.first_pid;
     let mut checks = Checks {
         first_fds: procfs::fd_count(first),
@@ -184,11 +219,20 @@ pub async fn run(
         stop_at: t0 + preset.duration,
         timeout: REQUEST_TIMEOUT,
         stop_on_refused: preset.shutdown_at.is_some(),
+        stop: control.as_ref().map(|_| Arc::new(AtomicBool::new(false))),
     };
+    let stop = spec.stop.clone();
     let load = tokio::spawn(load::run(spec));
-    let mut ups = match &preset.plan {
-        Some(plan) => upgrades::drive(&server, t0, plan).await,
-        None => Vec::new(),
+    let mut ups = match (&preset.plan, &control, &stop) {
+        (Some(plan), Some(cli), Some(stop)) => {
+            let ups = upgrades::drive_control(&server, t0, plan, cli).await;
+            // A fixed stretch of load after the last answer, as the other presets have.
+            tokio::time::sleep(TAIL).await;
+            stop.store(true, Ordering::Relaxed);
+            ups
+        }
+        (Some(plan), _, _) => upgrades::drive(&server, t0, plan).await,
+        _ => Vec::new(),
     };
     let mut shutdown = None;
     if let Some(at) = preset.shutdown_at {
@@ -217,7 +261,7 @@ pub async fn run(
         .min(outcome.elapsed.as_secs_f64());
 
     // Old generations finish their drain.
-    if preset.plan.as_ref().is_some_and(|p| p.sig == Sig::Sighup) {
+    if preset.plan.as_ref().is_some_and(|p| p.sig.old_exits()) {
         server
             .wait_for(DRAIN + Duration::from_secs(2), |s| {
                 (s.alive().len() <= 1).then_some(())
@@ -311,7 +355,12 @@ pub async fn run(
         server: kind.name().into(),
         command: command.into(),
         loadavg_before,
-        duration_s: preset.duration.as_secs_f64(),
+        // The control run's length is the time its upgrades took.
+        duration_s: if control.is_some() {
+            secs
+        } else {
+            preset.duration.as_secs_f64()
+        },
         groups: preset.groups.clone(),
         upgrades_planned: preset.plan.as_ref().map_or(0, |p| p.count),
         interval_ms: preset
@@ -338,6 +387,42 @@ pub async fn run(
     Ok(result)
 }
 
+/// The temporary directory of the control socket, removed when the run ends, however it ends.
+struct ControlDir(std::path::PathBuf);
+
+impl Drop for ControlDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The `octopus` command and a control socket path in a fresh temporary directory.
+fn control_cli(
+    bins: &Bins,
+    log_dir: &Path,
+    name: &str,
+) -> Result<(ControlCli, ControlDir), String> {
+    if !bins.octopus.is_file() {
+        return Err(format!(
+            "{} not found: cargo build --release -p octopus-cli",
+            bins.octopus.display()
+        ));
+    }
+    let dir = std::env::temp_dir().join(format!("octopus-bench-{name}-{}", std::process::id()));
+    // A directory left by an earlier run of this pid would hold a stale socket.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let stderr_log = log_dir.join(format!("{name}-octopus-upgrade.log"));
+    // Appended to by every run: start empty.
+    let _ = std::fs::remove_file(&stderr_log);
+    let cli = ControlCli {
+        program: bins.octopus.clone(),
+        socket: dir.join("control.sock"),
+        stderr_log,
+    };
+    Ok((cli, ControlDir(dir)))
+}
+
 /// What makes a smoke run fail; empty when it passed.
 pub fn smoke_problems(r: &ScenarioResult) -> Vec<String> {
     let mut problems = Vec::new();
@@ -348,6 +433,21 @@ pub fn smoke_problems(r: &ScenarioResult) -> Vec<String> {
         ));
     }
     let completed = r.upgrades.iter().filter(|u| u.new_pid.is_some()).count();
+    for u in &r.upgrades {
+        if let Some(c) = u
+            .control
+            .as_ref()
+            .filter(|c| !c.succeeded(u.old_pid, u.new_pid))
+        {
+            problems.push(format!(
+                "upgrade {}: octopus upgrade {} after {:.0} ms, answer {:?}",
+                u.n,
+                c.status,
+                c.wall_ms,
+                c.answer.as_deref().unwrap_or("ok")
+            ));
+        }
+    }
     if completed < r.upgrades_planned {
         problems.push(format!(
             "{completed} of {} upgrades completed",
@@ -377,4 +477,68 @@ pub fn smoke_problems(r: &ScenarioResult) -> Vec<String> {
         ));
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upgrades::{ControlCall, Upgrade};
+
+    fn one_upgrade(call: ControlCall) -> ScenarioResult {
+        ScenarioResult {
+            upgrades_planned: 1,
+            upgrades: vec![Upgrade {
+                n: 1,
+                old_pid: 10,
+                new_pid: Some(11),
+                control: Some(call),
+                ..Upgrade::default()
+            }],
+            checks: Checks {
+                answers_after: true,
+                first_fds: Some(15),
+                final_fds: Some(15),
+                ..Checks::default()
+            },
+            ..ScenarioResult::default()
+        }
+    }
+
+    #[test]
+    fn the_smoke_run_fails_on_an_octopus_upgrade_that_did_not_succeed() {
+        let good = ControlCall {
+            reported_ms: Some(12),
+            pid: Some(11),
+            old_pid: Some(10),
+            wall_ms: 20.0,
+            exit_code: Some(0),
+            status: "exit 0".into(),
+            answer: None,
+        };
+        assert_eq!(
+            smoke_problems(&one_upgrade(good.clone())),
+            Vec::<String>::new()
+        );
+
+        let rolled_back = ControlCall {
+            reported_ms: None,
+            exit_code: Some(1),
+            status: "exit 1".into(),
+            answer: Some(r#"{"ok":false,"reason":"spawn"}"#.into()),
+            ..good.clone()
+        };
+        let problems = smoke_problems(&one_upgrade(rolled_back));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("octopus upgrade exit 1"),
+            "{problems:?}"
+        );
+
+        // Exit 0 but a pid the server's log did not start: not a success either.
+        let wrong_pid = ControlCall {
+            pid: Some(99),
+            ..good
+        };
+        assert_eq!(smoke_problems(&one_upgrade(wrong_pid)).len(), 1);
+    }
 }

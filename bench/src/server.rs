@@ -53,6 +53,8 @@ pub struct Bins {
     pub baseline: PathBuf,
     /// `ecdysis_peer`.
     pub ecdysis: PathBuf,
+    /// The `octopus` command (the `control` scenario only).
+    pub octopus: PathBuf,
 }
 
 impl Bins {
@@ -103,6 +105,9 @@ pub struct State {
     pub notable: Vec<String>,
     /// Lines read.
     pub lines: u64,
+    /// Other children of the tool (the `octopus` command), by pid: when the reaper reaped
+    /// them and how they exited. The reaper takes every child, so their status is only here.
+    pub helpers: BTreeMap<u32, Option<(Instant, String)>>,
 }
 
 impl State {
@@ -247,10 +252,16 @@ fn spawn_reaper(state: Arc<Mutex<State>>, changed: Arc<watch::Sender<u64>>) {
                         _ => "unknown".into(),
                     };
                     let mut s = lock(&state);
-                    let g = s.gen(pid.as_raw_nonzero().get() as u32);
-                    if g.exited.is_none() || g.status.as_deref() == Some("reaped by its parent") {
-                        g.exited = g.exited.or(Some(now));
-                        g.status = Some(text);
+                    let pid = pid.as_raw_nonzero().get() as u32;
+                    if let Some(helper) = s.helpers.get_mut(&pid) {
+                        *helper = Some((now, text));
+                    } else {
+                        let g = s.gen(pid);
+                        if g.exited.is_none() || g.status.as_deref() == Some("reaped by its parent")
+                        {
+                            g.exited = g.exited.or(Some(now));
+                            g.status = Some(text);
+                        }
                     }
                     drop(s);
                     changed.send_modify(|v| *v += 1);
@@ -377,6 +388,16 @@ impl Server {
             }
         }
         None
+    }
+
+    /// Starts `cmd` as a helper (not a generation): its pid is registered under the state's
+    /// lock, which the reaper takes before it records an exit, so even a helper that exits at
+    /// once is recorded as one. `wait_for` its entry in `State::helpers` for its exit.
+    pub fn spawn_helper(&self, cmd: &mut Command) -> std::io::Result<std::process::Child> {
+        let mut s = self.state();
+        let child = cmd.spawn()?;
+        s.helpers.insert(child.id(), None);
+        Ok(child)
     }
 
     /// Sends `signal` to `pid` (a generation of this server).
