@@ -124,7 +124,9 @@ fn the_old_process_serves_again_if_the_new_one_dies_while_it_drains() {
 
     signal(old, Signal::HUP);
     let new = field(&server.wait_for(&["new process ready"]), "pid");
-    server.wait_for(&["old process draining"]);
+    // Only once the old process's loop drains (killed before it saw the hand-over, the new process
+    // leaves the old one serving with nothing drained, and no `bye` to wait for).
+    server.wait_for(&["draining connections"]);
     signal(new, Signal::KILL);
     server.wait_for(&["resuming accepting"]);
     let mut fresh = Client::connect(port);
