@@ -218,12 +218,12 @@ impl Octopus {
                 (inherited.listeners, Some(inherited.parent), Vec::new())
             }
         };
-        let generation = crate::env::take_generation(parent.is_some());
+        // Sets this process's generation, which `assemble` gives to the control socket's facts.
+        crate::env::take_generation(parent.is_some());
         let upgrade_started = crate::env::take_upgrade_started();
         let start = StartInfo::capture()?;
         let octopus = Self::assemble(&config, inherited, activated, parent, start, true);
         std::mem::forget(slot);
-        debug_assert_eq!(octopus.inner.facts.generation, generation);
         *lock(&octopus.inner.upgrade_started) = upgrade_started;
         if let Some(path) = &config.control_socket {
             let (listener, _unreachable) = octopus
