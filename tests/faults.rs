@@ -464,7 +464,7 @@ fn assert_refused(
             ("OCTOPUS_PARENT_PID".into(), std::process::id().to_string()),
         ],
         inherit: all,
-        nofile: None,
+        ..Setup::default()
     };
     let mut server = Hello::start_with(&hello_binary(), LOCAL, &setup);
     drop(write);

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::Instant;
@@ -24,33 +25,74 @@ fn free_port() -> u16 {
         .expect("a free port between 20000 and 32000")
 }
 
+/// `systemd-socket-activate` when it is installed (CI installs it and sets
+/// `OCTOPUS_REQUIRE_SYSTEMD_TOOLS` so that it is required); otherwise the server is started the way
+/// the tool starts it: the socket as fd 3, `LISTEN_FDS`, `LISTEN_FDNAMES`, and `LISTEN_PID` set to
+/// the server's own pid by a shell that then execs it.
 #[test]
 fn socket_activated_listener_is_adopted_then_handed_over_on_upgrade() {
-    let Some(activate) = [
+    let activate = [
         "/usr/bin/systemd-socket-activate",
         "/bin/systemd-socket-activate",
     ]
     .into_iter()
     .map(Path::new)
-    .find(|p| p.exists()) else {
-        panic!("systemd-socket-activate is missing: apt-get install systemd (.ci/run does)");
-    };
-    let port = free_port();
-    let address = format!("127.0.0.1:{port}");
+    .find(|p| p.exists());
     let hello = hello_binary();
-    let server = Hello::start_program(
-        activate,
-        &[
-            "-l",
-            &address,
-            "--fdname=web",
-            hello.to_str().unwrap(),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ],
-    );
+    let (server, port, _socket) = match activate {
+        Some(activate) => {
+            let port = free_port();
+            let address = format!("127.0.0.1:{port}");
+            let server = Hello::start_program(
+                activate,
+                &[
+                    "-l",
+                    &address,
+                    "--fdname=web",
+                    hello.to_str().unwrap(),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                ],
+            );
+            (server, port, None)
+        }
+        None => {
+            assert!(
+                std::env::var_os("OCTOPUS_REQUIRE_SYSTEMD_TOOLS").is_none(),
+                "systemd-socket-activate is missing: apt-get install systemd (.ci/run does)"
+            );
+            eprintln!(
+                "systemd-socket-activate is not installed: starting hello with the socket as fd 3 \
+                 and LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES set as the tool sets them"
+            );
+            let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = socket.local_addr().unwrap().port();
+            let setup = Setup {
+                env: vec![
+                    ("LISTEN_FDS".into(), "1".into()),
+                    ("LISTEN_FDNAMES".into(), "web".into()),
+                ],
+                as_fd3: Some(socket.as_raw_fd()),
+                ..Setup::default()
+            };
+            let server = Hello::start_with(
+                Path::new("/bin/sh"),
+                &[
+                    "-c",
+                    "LISTEN_PID=$$ exec \"$0\" \"$@\"",
+                    hello.to_str().unwrap(),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                ],
+                &setup,
+            );
+            (server, port, Some(socket))
+        }
+    };
     // systemd-socket-activate starts the server on the first connection, which it then serves.
     let inode = eventually_listening(port);
     let first = pid_answering(port);

@@ -132,6 +132,9 @@ pub struct Setup {
     pub env: Vec<(String, String)>,
     /// fds of this test process that the server inherits, at the same numbers.
     pub inherit: Vec<std::os::fd::RawFd>,
+    /// An fd of this test process that the server gets as fd 3, where socket activation puts
+    /// its first socket.
+    pub as_fd3: Option<std::os::fd::RawFd>,
     /// RLIMIT_NOFILE of the server.
     pub nofile: Option<u64>,
 }
@@ -168,9 +171,11 @@ impl Hello {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let inherit = setup.inherit.clone();
+        let as_fd3 = setup.as_fd3;
         let nofile = setup.nofile;
-        // SAFETY: runs between fork and exec and only makes raw system calls (fcntl, setrlimit),
-        // which are async-signal-safe, on fds this test keeps open until `spawn` returns.
+        // SAFETY: runs between fork and exec and only makes raw system calls (fcntl, dup2,
+        // setrlimit), which are async-signal-safe, on fds this test keeps open until `spawn`
+        // returns.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
                 for fd in &inherit {
@@ -178,6 +183,17 @@ impl Hello {
                         std::os::fd::BorrowedFd::borrow_raw(*fd),
                         rustix::io::FdFlags::empty(),
                     )?;
+                }
+                if let Some(fd) = as_fd3 {
+                    // dup2 leaves the copy without close-on-exec; the same fd is kept as is.
+                    if fd == 3 {
+                        rustix::io::fcntl_setfd(
+                            std::os::fd::BorrowedFd::borrow_raw(3),
+                            rustix::io::FdFlags::empty(),
+                        )?;
+                    } else if libc::dup2(fd, 3) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 if let Some(limit) = nofile {
                     let limit = rustix::process::Rlimit {
