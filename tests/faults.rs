@@ -504,7 +504,7 @@ fn malformed_hand_over_variables_are_refused_before_ready() {
         ),
         ("2=tcp:127.0.0.1:0", "standard input, output or error"),
         ("3", "is not FD=KEY"),
-        ("3=udp:127.0.0.1:0", "no valid NETWORK:ADDRESS key"),
+        ("3=sctp:127.0.0.1:0", "no valid NETWORK:ADDRESS key"),
         ("30=tcp:127.0.0.1:0;30=tcp:[::1]:0", "fd 30 is named twice"),
     ];
     for (listeners, problem) in cases {
