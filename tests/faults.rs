@@ -577,28 +577,39 @@ fn inherited_fds_that_are_not_the_described_listener_are_refused() {
 }
 
 #[test]
-fn variables_left_over_in_a_shell_are_ignored() {
-    // As if `export`ed from an earlier run, or inherited from an ancestor: they name another
-    // process's parent, so they are not this process's hand-over, whatever its fds 3 and 4 are.
-    let mut server = Hello::start_with(
-        &hello_binary(),
-        LOCAL,
-        &Setup {
-            env: vec![
-                ("OCTOPUS_LISTENERS".into(), "3=tcp:127.0.0.1:8080".into()),
-                ("OCTOPUS_READY_FD".into(), "4".into()),
-                ("OCTOPUS_PARENT_PID".into(), "999999".into()),
-            ],
-            ..Setup::default()
-        },
-    );
-    let port = server.port();
-    assert_eq!(pid_answering(port), server.first_pid());
-    let log = server.log_text();
-    assert!(
-        log.contains("listener created") && !log.contains("started by an upgrade"),
-        "a first start:\n{log}"
-    );
-    signal(server.first_pid(), Signal::TERM);
-    assert!(server.wait_first_exit().success());
+fn hand_over_variables_meant_for_another_process_are_ignored() {
+    let leftovers = [
+        // As if `export`ed from an earlier run: they name another process's parent.
+        ("999999", None),
+        // As an application's own child inherits them from a generation: the pid they were
+        // meant for is another process's.
+        ("PARENT", Some("999999")),
+    ];
+    for (parent, meant_for) in leftovers {
+        let parent = parent.replace("PARENT", &std::process::id().to_string());
+        let mut env = vec![
+            ("OCTOPUS_LISTENERS".into(), "3=tcp:127.0.0.1:8080".into()),
+            ("OCTOPUS_READY_FD".into(), "4".into()),
+            ("OCTOPUS_PARENT_PID".into(), parent.into()),
+        ];
+        env.extend(meant_for.map(|pid| ("OCTOPUS_PID".into(), pid.into())));
+        let mut server = Hello::start_with(
+            &hello_binary(),
+            LOCAL,
+            &Setup {
+                env,
+                ..Setup::default()
+            },
+        );
+        // Whatever fds 3 and 4 are in this process, they are not touched: a first start.
+        let port = server.port();
+        assert_eq!(pid_answering(port), server.first_pid());
+        let log = server.log_text();
+        assert!(
+            log.contains("listener created") && !log.contains("started by an upgrade"),
+            "{meant_for:?}: a first start:\n{log}"
+        );
+        signal(server.first_pid(), Signal::TERM);
+        assert!(server.wait_first_exit().success());
+    }
 }

@@ -115,6 +115,29 @@ fn pid_answering_udp(server: SocketAddr) -> u32 {
     ask(&client(server), "pid").unwrap().parse().unwrap()
 }
 
+/// Sends SIGHUP to `current` and waits until another process answers `pid`; returns its pid.
+fn upgrade(address: SocketAddr, current: u32) -> u32 {
+    signal(current, Signal::HUP);
+    let probe = client(address);
+    let mut new = current;
+    eventually("the new process answers pid", || {
+        new = ask(&probe, "pid")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(current);
+        new != current
+    });
+    new
+}
+
+/// Waits until `pid`, a generation this test adopted once its parent exited, is gone.
+fn wait_gone(pid: u32) {
+    eventually("the old generation exits", || {
+        reap_if_adopted(pid);
+        is_gone(pid)
+    });
+}
+
 /// Upgrades twice with SIGHUP under load; every datagram is answered, none refused, and both
 /// generations answered.
 fn upgrades_under_load(host: &str) {
@@ -124,26 +147,14 @@ fn upgrades_under_load(host: &str) {
     let load = Load::start(address);
     let mut current = first;
     for _ in 0..2 {
-        signal(current, Signal::HUP);
-        let probe = client(address);
-        let mut new = current;
-        eventually("the new process answers pid", || {
-            new = ask(&probe, "pid")
-                .ok()
-                .and_then(|r| r.parse().ok())
-                .unwrap_or(current);
-            new != current
-        });
+        let new = upgrade(address, current);
         if current == first {
             assert!(
                 server.wait_first_exit().success(),
                 "the old process exits 0"
             );
         } else {
-            eventually("the old process exits", || {
-                reap_if_adopted(current);
-                is_gone(current)
-            });
+            wait_gone(current);
         }
         current = new;
     }
@@ -163,10 +174,7 @@ fn upgrades_under_load(host: &str) {
     );
     assert_eq!(seen.answered.values().sum::<usize>(), seen.sent);
     signal(current, Signal::TERM);
-    eventually("the last generation exits", || {
-        reap_if_adopted(current);
-        is_gone(current)
-    });
+    wait_gone(current);
 }
 
 #[test]
@@ -267,23 +275,12 @@ fn a_datagram_socket_from_systemd_is_adopted_then_handed_over() {
     });
     let adopted = server.wait_for(&["listener adopted from systemd"]);
     assert!(adopted.contains("name=dns"), "{adopted}");
-    signal(first, Signal::HUP);
-    let mut new = first;
-    eventually("the new process answers pid", || {
-        new = ask(&probe, "pid")
-            .ok()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(first);
-        new != first
-    });
+    let new = upgrade(address, first);
     let log = server.log_text();
     assert!(
         log.matches("listener adopted").count() >= 2,
         "the new process adopted the socket handed over:\n{log}"
     );
     signal(new, Signal::TERM);
-    eventually("the last generation exits", || {
-        reap_if_adopted(new);
-        is_gone(new)
-    });
+    wait_gone(new);
 }
