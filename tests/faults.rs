@@ -590,7 +590,7 @@ fn hand_over_variables_meant_for_another_process_are_ignored() {
         let mut env = vec![
             ("OCTOPUS_LISTENERS".into(), "3=tcp:127.0.0.1:8080".into()),
             ("OCTOPUS_READY_FD".into(), "4".into()),
-            ("OCTOPUS_PARENT_PID".into(), parent.into()),
+            ("OCTOPUS_PARENT_PID".into(), parent),
         ];
         env.extend(meant_for.map(|pid| ("OCTOPUS_PID".into(), pid.into())));
         let mut server = Hello::start_with(
