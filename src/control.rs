@@ -21,8 +21,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::drain::DrainReport;
 use crate::error::{Error, UpgradeError};
+use crate::key::ListenerKey;
 use crate::lifecycle::{AfterUpgrade, Handle, State, WeakHandle};
-use crate::listeners::ListenerKey;
 use crate::trigger::Trigger;
 
 pub(crate) use stats::{InFlight, ListenerStats};

@@ -1,14 +1,20 @@
 //! The hand-over protocol: what an old process tells its successor through the environment.
 //!
-//! Three variables, always set together, replaced (never appended to) at each upgrade and removed
-//! from the new process's own environment as soon as it reads them, so that programs the
-//! application spawns never see them:
+//! Three variables, always set together and replaced (never appended to) at each upgrade:
 //!
 //! | variable | value | example |
 //! |---|---|---|
 //! | `OCTOPUS_LISTENERS` | `FD=KEY` pairs separated by `;` (in a key, `%` is written `%25` and `;` is written `%3B`) | `3=tcp:127.0.0.1:8080;4=unix:/run/app.sock` |
 //! | `OCTOPUS_READY_FD` | the write end of a pipe; the new process writes one byte to it once it serves | `5` |
 //! | `OCTOPUS_PARENT_PID` | the pid of the old process | `4242` |
+//!
+//! They are meant for one process, the one the old process started, which the old process names
+//! in `OCTOPUS_PID` (written between `fork` and `exec`, as systemd's `LISTEN_PID`); without
+//! `OCTOPUS_PID`, for a child of `OCTOPUS_PARENT_PID`. Any other process ignores them: the
+//! application's own child processes inherit the environment, and the fds it names are not
+//! theirs. They are never removed from the environment (`std::env::remove_var` is unsound in a
+//! process with other threads); instead a successor's environment is built with every stale
+//! one stripped.
 //!
 //! Two more, optional, variables feed the control socket's `status`: `OCTOPUS_GENERATION`
 //! numbers the generations (1 for a first start) and `OCTOPUS_UPGRADE_STARTED` says when the
@@ -18,10 +24,10 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use crate::error::InheritError;
-use crate::listeners::ListenerKey;
+use crate::key::ListenerKey;
 
 /// Names the inherited listening sockets and the keys they were asked for with.
 pub const LISTENERS_VAR: &str = "OCTOPUS_LISTENERS";
@@ -30,22 +36,36 @@ pub const READY_FD_VAR: &str = "OCTOPUS_READY_FD";
 /// The pid of the process that started this one.
 pub const PARENT_PID_VAR: &str = "OCTOPUS_PARENT_PID";
 
-/// All variables of the protocol.
+/// The pid of the process the hand-over is for: the new process itself.
+pub const PID_VAR: &str = "OCTOPUS_PID";
+
+/// The variables of the protocol that are always set together.
 pub const VARS: [&str; 3] = [LISTENERS_VAR, READY_FD_VAR, PARENT_PID_VAR];
 /// The generation number of the new process; informative only.
 pub const GENERATION_VAR: &str = "OCTOPUS_GENERATION";
 
+/// Every variable an old process sets for its successor: stripped from the environment a
+/// successor inherits, before the fresh ones are set.
+pub const ALL_VARS: [&str; 6] = [
+    LISTENERS_VAR,
+    READY_FD_VAR,
+    PARENT_PID_VAR,
+    PID_VAR,
+    GENERATION_VAR,
+    UPGRADE_STARTED_VAR,
+];
+
 /// This process's generation number: 1 for a first start, its parent's plus one after an upgrade.
 static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// Reads (and removes) [`GENERATION_VAR`]; an upgraded process whose parent did not set it counts
-/// as the second generation.
-pub(crate) fn take_generation(upgraded: bool) -> u64 {
-    let inherited = std::env::var(GENERATION_VAR)
-        .ok()
+/// Sets this process's generation from [`GENERATION_VAR`], read only by a process started by an
+/// upgrade; one whose parent did not set it counts as the second generation.
+pub(crate) fn inherit_generation(upgraded: bool) -> u64 {
+    let inherited = upgraded
+        .then(|| std::env::var(GENERATION_VAR).ok())
+        .flatten()
         .and_then(|n| n.parse::<u64>().ok())
         .filter(|n| *n > 1);
-    std::env::remove_var(GENERATION_VAR);
     let generation = match (upgraded, inherited) {
         (false, _) => 1,
         (true, Some(n)) => n,
@@ -59,12 +79,12 @@ pub(crate) fn take_generation(upgraded: bool) -> u64 {
 /// epoch, wall clock); informative only.
 pub const UPGRADE_STARTED_VAR: &str = "OCTOPUS_UPGRADE_STARTED";
 
-/// Reads (and removes) [`UPGRADE_STARTED_VAR`].
-pub(crate) fn take_upgrade_started() -> Option<std::time::SystemTime> {
-    let millis = std::env::var(UPGRADE_STARTED_VAR)
-        .ok()
+/// Reads [`UPGRADE_STARTED_VAR`], in a process started by an upgrade only.
+pub(crate) fn inherited_upgrade_started(upgraded: bool) -> Option<std::time::SystemTime> {
+    let millis = upgraded
+        .then(|| std::env::var(UPGRADE_STARTED_VAR).ok())
+        .flatten()
         .and_then(|n| n.parse::<u64>().ok());
-    std::env::remove_var(UPGRADE_STARTED_VAR);
     millis.map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
 }
 
@@ -90,6 +110,22 @@ pub(crate) struct Handover {
 }
 
 impl Handover {
+    /// The hand-over of this process's `listeners` and the readiness pipe's write end, to a
+    /// successor that finds them at the same fd numbers.
+    pub fn from_this_process(
+        listeners: &[(ListenerKey, BorrowedFd<'_>)],
+        ready: BorrowedFd<'_>,
+    ) -> Handover {
+        Handover {
+            listeners: listeners
+                .iter()
+                .map(|(key, fd)| (fd.as_raw_fd(), key.clone()))
+                .collect(),
+            ready_fd: ready.as_raw_fd(),
+            parent_pid: std::process::id(),
+        }
+    }
+
     /// The variables to set in the successor's environment.
     pub fn to_env(&self) -> [(&'static str, String); 3] {
         let listeners = self
@@ -105,11 +141,15 @@ impl Handover {
         ]
     }
 
-    /// Reads the protocol through `lookup` (the process environment in production).
+    /// Reads the protocol through `lookup` (the process environment in production), as the
+    /// process `me`.
     ///
-    /// `Ok(None)` means this is a first start: none of the variables is set.
+    /// `Ok(None)` means this is a first start: none of the variables is set, or they are meant
+    /// for another process (see [`Identity::is_meant_for`]), which is logged at debug level.
+    /// Malformed variables are an error either way.
     pub fn from_env(
         lookup: impl Fn(&str) -> Option<OsString>,
+        me: Identity,
     ) -> Result<Option<Handover>, InheritError> {
         let values = VARS.map(&lookup);
         let Some(present) = VARS
@@ -140,11 +180,80 @@ impl Handover {
             .filter(|pid| *pid > 0)
             .ok_or_else(|| malformed(PARENT_PID_VAR, text[2], "not a process id"))?;
         let listeners = parse_listeners(text[0], ready_fd)?;
+        let meant_for = match lookup(PID_VAR) {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .and_then(|pid| pid.parse::<u32>().ok())
+                    .filter(|pid| *pid > 0)
+                    .ok_or_else(|| {
+                        malformed(PID_VAR, &value.to_string_lossy(), "not a process id")
+                    })?,
+            ),
+        };
+        if let Err(why) = me.is_meant_for(meant_for, parent_pid) {
+            tracing::debug!("ignoring the hand-over variables in the environment: {why}");
+            return Ok(None);
+        }
         Ok(Some(Handover {
             listeners,
             ready_fd,
             parent_pid,
         }))
+    }
+}
+
+/// Whether [`Handover::inherited`] ran in this process: the variables stay set, and the fds they
+/// name must be taken once, by one owner.
+static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Handover {
+    /// The hand-over in this process's environment, if it is meant for this process; the first
+    /// call only (a later one, by an `Octopus` made after the first was dropped, is a first start).
+    pub fn inherited() -> Result<Option<Handover>, InheritError> {
+        if TAKEN.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return Ok(None);
+        }
+        Handover::from_env(|var| std::env::var_os(var), Identity::current())
+    }
+}
+
+/// Who this process is, for telling whether a hand-over is meant for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub pid: u32,
+    /// `None` when the parent is outside this pid namespace.
+    pub parent: Option<u32>,
+}
+
+impl Identity {
+    pub fn current() -> Identity {
+        Identity {
+            pid: std::process::id(),
+            parent: rustix::process::getppid().map(|p| p.as_raw_nonzero().get().unsigned_abs()),
+        }
+    }
+
+    /// Whether a hand-over for `meant_for` ([`PID_VAR`]) from `parent_pid` is this process's:
+    /// the one the old process started, which keeps its pid even if the old process dies and it
+    /// is re-parented. Without [`PID_VAR`], it is the child of `parent_pid`. Otherwise the
+    /// reason it is not, for the log.
+    pub fn is_meant_for(self, meant_for: Option<u32>, parent_pid: u32) -> Result<(), String> {
+        match meant_for {
+            Some(pid) if pid == self.pid => Ok(()),
+            Some(pid) => Err(format!(
+                "{PID_VAR}={pid} names another process than this one ({}), so they were \
+                 inherited from an ancestor (an application that runs other programs passes them on)",
+                self.pid
+            )),
+            None if self.parent == Some(parent_pid) => Ok(()),
+            None => Err(format!(
+                "{PARENT_PID_VAR}={parent_pid} is not this process's parent ({}), so they were \
+                 inherited from an ancestor (an application that runs other programs passes them on)",
+                self.parent.map_or("outside this pid namespace".into(), |p| p.to_string())
+            )),
+        }
     }
 }
 
@@ -249,8 +358,20 @@ mod tests {
         move |name| map.get(name).cloned()
     }
 
+    /// A process started by the process that `vars` names as the parent.
+    fn child_of_named_parent(vars: &[(&str, &str)]) -> Identity {
+        let parent = vars
+            .iter()
+            .find(|(k, _)| *k == PARENT_PID_VAR)
+            .and_then(|(_, v)| v.parse().ok());
+        Identity {
+            pid: 1_000_001,
+            parent,
+        }
+    }
+
     fn parse(vars: &[(&str, &str)]) -> Result<Option<Handover>, InheritError> {
-        Handover::from_env(lookup(vars))
+        Handover::from_env(lookup(vars), child_of_named_parent(vars))
     }
 
     fn sample() -> Handover {
@@ -285,6 +406,66 @@ mod tests {
             env[0].1,
             "3=tcp:127.0.0.1:0;4=unix:/tmp/a%3Bb%25c.sock;7=tcp:[::1]:8080"
         );
+    }
+
+    /// The variables as an application's own child process inherits them from a generation,
+    /// in a full hand-over written by [`Handover::to_env`] and stamped with the successor's pid.
+    fn inherited(successor: u32) -> Vec<(&'static str, String)> {
+        let mut vars = sample().to_env().to_vec();
+        vars.push((PID_VAR, successor.to_string()));
+        vars
+    }
+
+    fn parse_as(vars: &[(&'static str, String)], me: Identity) -> Option<Handover> {
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Handover::from_env(lookup(&vars), me).expect("well-formed")
+    }
+
+    #[test]
+    fn only_the_process_the_old_one_started_honours_the_variables() {
+        let vars = inherited(5000);
+        let successor = Identity {
+            pid: 5000,
+            parent: Some(4242),
+        };
+        assert_eq!(parse_as(&vars, successor), Some(sample()));
+        let reparented = Identity {
+            pid: 5000,
+            parent: Some(1),
+        };
+        assert_eq!(
+            parse_as(&vars, reparented),
+            Some(sample()),
+            "the successor of an old process that died keeps its hand-over"
+        );
+        let applications_child = Identity {
+            pid: 5001,
+            parent: Some(5000),
+        };
+        assert_eq!(parse_as(&vars, applications_child), None);
+    }
+
+    #[test]
+    fn without_a_pid_only_a_child_of_the_named_parent_honours_the_variables() {
+        let vars = sample().to_env().to_vec();
+        let child = Identity {
+            pid: 5000,
+            parent: Some(4242),
+        };
+        assert_eq!(parse_as(&vars, child), Some(sample()));
+        for parent in [Some(5000), Some(1), None] {
+            let other = Identity { pid: 5001, parent };
+            assert_eq!(parse_as(&vars, other), None, "{parent:?}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_pid_is_refused() {
+        let mut vars = inherited(5000);
+        vars.last_mut().unwrap().1 = "me".into();
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let err = parse(&vars).unwrap_err();
+        assert!(err.to_string().starts_with(PID_VAR), "{err}");
     }
 
     #[test]
@@ -350,12 +531,18 @@ mod tests {
     #[test]
     fn rejects_non_utf8() {
         use std::os::unix::ffi::OsStringExt;
-        let err = Handover::from_env(|name| match name {
-            LISTENERS_VAR => Some(OsString::from_vec(vec![0xff, b'='])),
-            READY_FD_VAR => Some("5".into()),
-            PARENT_PID_VAR => Some("1".into()),
-            _ => None,
-        })
+        let err = Handover::from_env(
+            |name| match name {
+                LISTENERS_VAR => Some(OsString::from_vec(vec![0xff, b'='])),
+                READY_FD_VAR => Some("5".into()),
+                PARENT_PID_VAR => Some("1".into()),
+                _ => None,
+            },
+            Identity {
+                pid: 2,
+                parent: Some(1),
+            },
+        )
         .unwrap_err();
         assert!(err.to_string().contains("not valid UTF-8"), "{err}");
     }
@@ -400,9 +587,11 @@ mod properties {
         #[test]
         fn every_handover_round_trips(handover in handover()) {
             let env = handover.to_env();
-            let parsed = Handover::from_env(|var| {
-                env.iter().find(|(k, _)| *k == var).map(|(_, v)| v.into())
-            });
+            let me = Identity { pid: 1_000_001, parent: Some(handover.parent_pid) };
+            let parsed = Handover::from_env(
+                |var| env.iter().find(|(k, _)| *k == var).map(|(_, v)| v.into()),
+                me,
+            );
             prop_assert_eq!(parsed, Ok(Some(handover)));
         }
 
@@ -413,9 +602,11 @@ mod properties {
             parent in "[ -~]{0,12}",
         ) {
             let values = [listeners, ready, parent];
-            let parsed = Handover::from_env(|var| {
-                VARS.iter().position(|v| *v == var).map(|i| values[i].clone().into())
-            });
+            let me = Identity { pid: 1_000_001, parent: values[2].parse().ok() };
+            let parsed = Handover::from_env(
+                |var| VARS.iter().position(|v| *v == var).map(|i| values[i].clone().into()),
+                me,
+            );
             if let Ok(Some(handover)) = parsed {
                 let mut fds = HashSet::from([handover.ready_fd]);
                 prop_assert!(handover.ready_fd > 2);
@@ -430,12 +621,15 @@ mod properties {
         #[test]
         fn well_formed_entries_with_random_keys_parse(fd in 3..100_000i32, key in key()) {
             let listeners = format!("{fd}={}", escape(&key.to_string()));
-            let parsed = Handover::from_env(|var| match var {
-                LISTENERS_VAR => Some(listeners.clone().into()),
-                READY_FD_VAR => Some("200000".into()),
-                PARENT_PID_VAR => Some("7".into()),
-                _ => None,
-            });
+            let parsed = Handover::from_env(
+                |var| match var {
+                    LISTENERS_VAR => Some(listeners.clone().into()),
+                    READY_FD_VAR => Some("200000".into()),
+                    PARENT_PID_VAR => Some("7".into()),
+                    _ => None,
+                },
+                Identity { pid: 8, parent: Some(7) },
+            );
             prop_assert_eq!(parsed.unwrap().unwrap().listeners, vec![(fd, key)]);
         }
     }

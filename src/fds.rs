@@ -13,64 +13,114 @@ use rustix::io::FdFlags;
 use socket2::{SockRef, Type};
 
 use crate::error::InheritError;
-use crate::listeners::{ListenerKey, Network};
+use crate::key::{ListenerKey, Network};
 
-/// Validates `fd` as the listening socket for `key` and takes ownership of it.
-pub(crate) fn adopt_listener(
+/// Validates `fd` as the socket for `key` (a listening stream socket, or for a `udp:` key a
+/// datagram socket, bound to the key's address) and takes ownership of it.
+///
+/// # Safety
+///
+/// `fd` must be an fd this process was given (by a parent, across `exec`) that nothing in the
+/// process owns: the returned [`OwnedFd`] closes it when dropped, so any other owner would
+/// close or use a number that may by then name another file.
+pub(crate) unsafe fn adopt_listener(
     var: &'static str,
     fd: RawFd,
     key: &ListenerKey,
 ) -> Result<OwnedFd, InheritError> {
     let bad = |problem: String| InheritError::BadFd { var, fd, problem };
     let borrowed = borrow_open(fd).map_err(bad)?;
-    expect_type(borrowed, FileType::Socket).map_err(bad)?;
-    let socket = SockRef::from(&borrowed);
-    let kind = socket
-        .r#type()
-        .map_err(|e| bad(format!("cannot be queried ({e})")))?;
-    if kind != Type::STREAM {
-        return Err(bad(
-            "is not a stream socket (a UDP or datagram socket?)".into()
-        ));
-    }
-    if !is_listening(&socket).map_err(|e| bad(format!("cannot be queried ({e})")))? {
-        return Err(bad(
-            "is a stream socket that is not listening (connected or unbound)".into(),
-        ));
-    }
-    let local = socket
-        .local_addr()
-        .map_err(|e| bad(format!("has no local address ({e})")))?;
-    match key.network() {
-        Network::Tcp => {
-            let actual = local
-                .as_socket()
-                .ok_or_else(|| bad(format!("is not a TCP socket, but {key} asks for one")))?;
-            tcp_matches(key.address(), actual).map_err(bad)?;
-        }
-        Network::Unix => {
-            let actual = local.as_pathname().ok_or_else(|| {
-                bad(format!(
-                    "is not a Unix socket with a path, but {key} asks for one"
-                ))
-            })?;
-            if actual != Path::new(key.address()) {
-                return Err(bad(format!(
-                    "listens on {}, not on {key}",
-                    actual.display()
-                )));
-            }
-        }
-        Network::Named => {}
-    }
+    check_socket(borrowed, key).map_err(bad)?;
     make_private(borrowed).map_err(bad)?;
-    // SAFETY: the fd is open (checked above) and the hand-over parser rejected any fd named twice,
-    // so this is the only owner ever made for it in this process.
+    // SAFETY: the fd is open (checked above) and the caller guarantees nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Validates `fd` as a socket passed by systemd socket activation (a listening stream socket or
+/// a bound datagram socket) and takes ownership of it; `true` for a datagram socket.
+///
+/// # Safety
+///
+/// As [`adopt_listener`].
+pub(crate) unsafe fn adopt_activated(
+    var: &'static str,
+    fd: RawFd,
+) -> Result<(OwnedFd, bool), InheritError> {
+    let bad = |problem: String| InheritError::BadFd { var, fd, problem };
+    let borrowed = borrow_open(fd).map_err(bad)?;
+    expect_type(borrowed, FileType::Socket).map_err(bad)?;
+    let datagram = socket_type(borrowed).map_err(bad)? == Type::DGRAM;
+    if !datagram {
+        expect_listening(borrowed).map_err(bad)?;
+    }
+    make_private(borrowed).map_err(bad)?;
+    // SAFETY: the fd is open (checked above) and the caller guarantees nothing else owns it.
+    Ok((unsafe { OwnedFd::from_raw_fd(fd) }, datagram))
+}
+
+/// Whether `fd` is the kind of socket `key` asks for, bound to its address.
+fn check_socket(fd: BorrowedFd<'_>, key: &ListenerKey) -> Result<(), String> {
+    expect_type(fd, FileType::Socket)?;
+    let kind = socket_type(fd)?;
+    if key.network() == Network::Udp {
+        if kind != Type::DGRAM {
+            return Err(format!(
+                "is not a datagram socket (a TCP or stream socket?), but {key} asks for one"
+            ));
+        }
+    } else {
+        if kind != Type::STREAM {
+            return Err("is not a stream socket (a UDP or datagram socket?)".into());
+        }
+        expect_listening(fd)?;
+    }
+    let local = SockRef::from(&fd)
+        .local_addr()
+        .map_err(|e| format!("has no local address ({e})"))?;
+    match key.network() {
+        Network::Tcp | Network::Udp => {
+            let actual = local
+                .as_socket()
+                .ok_or_else(|| format!("is not an IP socket, but {key} asks for one"))?;
+            inet_matches(key.address(), actual)
+        }
+        Network::Unix => {
+            let actual = local.as_pathname().ok_or_else(|| {
+                format!("is not a Unix socket with a path, but {key} asks for one")
+            })?;
+            if actual == Path::new(key.address()) {
+                Ok(())
+            } else {
+                Err(format!("listens on {}, not on {key}", actual.display()))
+            }
+        }
+        Network::Named => Ok(()),
+    }
+}
+
+fn socket_type(fd: BorrowedFd<'_>) -> Result<Type, String> {
+    SockRef::from(&fd)
+        .r#type()
+        .map_err(|e| format!("cannot be queried ({e})"))
+}
+
+fn expect_listening(fd: BorrowedFd<'_>) -> Result<(), String> {
+    match is_listening(&SockRef::from(&fd)) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("is a stream socket that is not listening (connected or unbound)".into()),
+        Err(e) => Err(format!("cannot be queried ({e})")),
+    }
+}
+
 /// Validates `fd` as the write end of the readiness pipe and takes ownership of it.
-pub(crate) fn adopt_ready_pipe(var: &'static str, fd: RawFd) -> Result<OwnedFd, InheritError> {
+///
+/// # Safety
+///
+/// As [`adopt_listener`].
+pub(crate) unsafe fn adopt_ready_pipe(
+    var: &'static str,
+    fd: RawFd,
+) -> Result<OwnedFd, InheritError> {
     let bad = |problem: String| InheritError::BadFd { var, fd, problem };
     let borrowed = borrow_open(fd).map_err(bad)?;
     expect_type(borrowed, FileType::Fifo).map_err(bad)?;
@@ -81,8 +131,7 @@ pub(crate) fn adopt_ready_pipe(var: &'static str, fd: RawFd) -> Result<OwnedFd, 
     }
     rustix::io::fcntl_setfd(borrowed, FdFlags::CLOEXEC)
         .map_err(|e| bad(format!("cannot be made close-on-exec ({e})")))?;
-    // SAFETY: the fd is open (checked above), is not a listener fd (the parser rejects that), and is
-    // adopted once, so this is its only owner in this process.
+    // SAFETY: the fd is open (checked above) and the caller guarantees nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -218,8 +267,8 @@ fn bound_file(fd: BorrowedFd<'_>) -> Option<(u32, u32)> {
     None
 }
 
-/// Whether a socket bound to `actual` satisfies the requested `HOST:PORT`.
-pub(crate) fn tcp_matches(requested: &str, actual: SocketAddr) -> Result<(), String> {
+/// Whether an IP socket bound to `actual` satisfies the requested `HOST:PORT`.
+pub(crate) fn inet_matches(requested: &str, actual: SocketAddr) -> Result<(), String> {
     let wanted: Vec<SocketAddr> = requested
         .to_socket_addrs()
         .map_err(|e| format!("cannot be checked: {requested} does not resolve ({e})"))?
@@ -246,6 +295,13 @@ mod tests {
 
     const VAR: &str = "OCTOPUS_LISTENERS";
 
+    /// Adopts an fd the test still owns; the caller leaks or forgets its own owner if it passes.
+    fn adopt(fd: RawFd, key: &ListenerKey) -> Result<OwnedFd, InheritError> {
+        // SAFETY: every test either expects a refusal (nothing is owned then) or forgets its own
+        // owner of `fd` before this adoption succeeds.
+        unsafe { adopt_listener(VAR, fd, key) }
+    }
+
     fn problem(result: Result<OwnedFd, InheritError>) -> String {
         match result {
             Err(InheritError::BadFd { var, problem, .. }) => {
@@ -258,13 +314,13 @@ mod tests {
 
     #[test]
     fn port_zero_matches_any_port_on_the_same_ip() {
-        assert!(tcp_matches("127.0.0.1:0", "127.0.0.1:41234".parse().unwrap()).is_ok());
-        assert!(tcp_matches("127.0.0.1:80", "127.0.0.1:80".parse().unwrap()).is_ok());
-        assert!(tcp_matches("0.0.0.0:80", "0.0.0.0:80".parse().unwrap()).is_ok());
-        assert!(tcp_matches("localhost:80", "127.0.0.1:80".parse().unwrap()).is_ok());
-        assert!(tcp_matches("127.0.0.1:80", "127.0.0.1:81".parse().unwrap()).is_err());
-        assert!(tcp_matches("127.0.0.2:80", "127.0.0.1:80".parse().unwrap()).is_err());
-        assert!(tcp_matches("[::1]:80", "127.0.0.1:80".parse().unwrap()).is_err());
+        assert!(inet_matches("127.0.0.1:0", "127.0.0.1:41234".parse().unwrap()).is_ok());
+        assert!(inet_matches("127.0.0.1:80", "127.0.0.1:80".parse().unwrap()).is_ok());
+        assert!(inet_matches("0.0.0.0:80", "0.0.0.0:80".parse().unwrap()).is_ok());
+        assert!(inet_matches("localhost:80", "127.0.0.1:80".parse().unwrap()).is_ok());
+        assert!(inet_matches("127.0.0.1:80", "127.0.0.1:81".parse().unwrap()).is_err());
+        assert!(inet_matches("127.0.0.2:80", "127.0.0.1:80".parse().unwrap()).is_err());
+        assert!(inet_matches("[::1]:80", "127.0.0.1:80".parse().unwrap()).is_err());
     }
 
     #[test]
@@ -273,7 +329,7 @@ mod tests {
         let fd: OwnedFd = listener.into();
         let raw = fd.as_raw_fd();
         std::mem::forget(fd);
-        let owned = adopt_listener(VAR, raw, &ListenerKey::tcp("127.0.0.1:0")).unwrap();
+        let owned = adopt(raw, &ListenerKey::tcp("127.0.0.1:0")).unwrap();
         let flags = rustix::io::fcntl_getfd(&owned).unwrap();
         assert!(flags.contains(FdFlags::CLOEXEC));
     }
@@ -284,7 +340,7 @@ mod tests {
         let raw = file.as_raw_fd();
         drop(file);
         assert_eq!(
-            problem(adopt_listener(VAR, raw, &ListenerKey::tcp("127.0.0.1:0"))),
+            problem(adopt(raw, &ListenerKey::tcp("127.0.0.1:0"))),
             "is not open"
         );
     }
@@ -292,38 +348,68 @@ mod tests {
     #[test]
     fn rejects_a_regular_file_and_a_pipe() {
         let file = tempfile::tempfile().unwrap();
-        let p = problem(adopt_listener(
-            VAR,
-            file.as_raw_fd(),
-            &ListenerKey::tcp("127.0.0.1:0"),
-        ));
+        let p = problem(adopt(file.as_raw_fd(), &ListenerKey::tcp("127.0.0.1:0")));
         assert_eq!(p, "is a regular file, not a socket");
         let (read, _write) = rustix::pipe::pipe().unwrap();
-        let p = problem(adopt_listener(
-            VAR,
-            read.as_raw_fd(),
-            &ListenerKey::tcp("127.0.0.1:0"),
-        ));
+        let p = problem(adopt(read.as_raw_fd(), &ListenerKey::tcp("127.0.0.1:0")));
         assert_eq!(p, "is a pipe, not a socket");
     }
 
     #[test]
     fn rejects_udp_and_connected_sockets() {
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let p = problem(adopt_listener(
-            VAR,
-            udp.as_raw_fd(),
-            &ListenerKey::tcp("127.0.0.1:0"),
-        ));
+        let p = problem(adopt(udp.as_raw_fd(), &ListenerKey::tcp("127.0.0.1:0")));
         assert!(p.contains("not a stream socket"), "{p}");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let p = problem(adopt_listener(
-            VAR,
-            client.as_raw_fd(),
-            &ListenerKey::tcp("127.0.0.1:0"),
-        ));
+        let p = problem(adopt(client.as_raw_fd(), &ListenerKey::tcp("127.0.0.1:0")));
         assert!(p.contains("not listening"), "{p}");
+    }
+
+    #[test]
+    fn adopts_a_udp_socket_for_a_udp_key_only() {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        let p = problem(adopt(udp.as_raw_fd(), &ListenerKey::udp("[::1]:0")));
+        assert!(p.contains("listens on 127.0.0.1:"), "{p}");
+        let p = problem(adopt(
+            udp.as_raw_fd(),
+            &ListenerKey::udp(format!("127.0.0.1:{}", port ^ 1)),
+        ));
+        assert!(p.contains("not on the asked-for"), "{p}");
+        let fd: OwnedFd = udp.into();
+        let raw = fd.as_raw_fd();
+        std::mem::forget(fd);
+        let owned = adopt(raw, &ListenerKey::udp(format!("127.0.0.1:{port}"))).unwrap();
+        assert!(rustix::io::fcntl_getfd(&owned)
+            .unwrap()
+            .contains(FdFlags::CLOEXEC));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = problem(adopt(
+            listener.as_raw_fd(),
+            &ListenerKey::udp("127.0.0.1:0"),
+        ));
+        assert!(p.contains("is not a datagram socket"), "{p}");
+    }
+
+    #[test]
+    fn systemd_may_pass_listening_and_datagram_sockets_only() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        // SAFETY: refused, so nothing takes ownership of the client's fd.
+        let refused = unsafe { adopt_activated(VAR, client.as_raw_fd()) };
+        assert!(
+            matches!(&refused, Err(InheritError::BadFd { problem, .. }) if problem.contains("not listening")),
+            "{refused:?}"
+        );
+        for (fd, datagram) in [(OwnedFd::from(listener), false), (udp.into(), true)] {
+            let raw = fd.as_raw_fd();
+            std::mem::forget(fd);
+            // SAFETY: the test's owner of `raw` was forgotten just above.
+            let (_owned, is_datagram) = unsafe { adopt_activated(VAR, raw) }.unwrap();
+            assert_eq!(is_datagram, datagram);
+        }
     }
 
     #[test]
@@ -332,7 +418,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let other = if port == 65535 { port - 1 } else { port + 1 };
         let key = ListenerKey::tcp(format!("127.0.0.1:{other}"));
-        let p = problem(adopt_listener(VAR, listener.as_raw_fd(), &key));
+        let p = problem(adopt(listener.as_raw_fd(), &key));
         assert!(p.contains(&format!("listens on 127.0.0.1:{port}")), "{p}");
     }
 
@@ -353,13 +439,15 @@ mod tests {
     #[test]
     fn ready_pipe_must_be_a_writable_pipe() {
         let (read, write) = rustix::pipe::pipe().unwrap();
-        let p = match adopt_ready_pipe("OCTOPUS_READY_FD", read.as_raw_fd()) {
+        // SAFETY: refused, so nothing takes ownership of `read`.
+        let p = match unsafe { adopt_ready_pipe("OCTOPUS_READY_FD", read.as_raw_fd()) } {
             Err(InheritError::BadFd { problem, .. }) => problem,
             other => panic!("{other:?}"),
         };
         assert_eq!(p, "is a pipe not open for writing");
         let raw = write.as_raw_fd();
         std::mem::forget(write);
-        adopt_ready_pipe("OCTOPUS_READY_FD", raw).unwrap();
+        // SAFETY: the test's owner of `raw` was forgotten just above.
+        unsafe { adopt_ready_pipe("OCTOPUS_READY_FD", raw) }.unwrap();
     }
 }

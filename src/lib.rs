@@ -62,9 +62,9 @@
 //!
 //! # The hand-over protocol
 //!
-//! Three environment variables, set together by the old process and removed from the new
-//! process's environment as soon as [`Octopus::new`] reads them, so the application's own child
-//! processes never see them:
+//! Three environment variables, set together by the old process and honoured only by the
+//! process it started (named in `OCTOPUS_PID`, as systemd's `LISTEN_PID`), so the application's
+//! own child processes, which inherit them, ignore them:
 //!
 //! | variable | value |
 //! |---|---|
@@ -72,10 +72,10 @@
 //! | `OCTOPUS_READY_FD` | the write end of a pipe; the new process writes one byte once it serves |
 //! | `OCTOPUS_PARENT_PID` | the old process's pid |
 //!
-//! A key is the network and the address *as asked for* ([`ListenerKey`]), so `127.0.0.1:0` gets
-//! the same socket (and port) in every generation. Each inherited fd is checked before it is used:
-//! it must be open, a listening stream socket on the asked-for address; the readiness fd must be a
-//! pipe open for writing. Anything else stops the new process with an [`InheritError`] naming the
+//! A key is the network (`tcp`, `udp`, `unix` or `name`) and the address *as asked for*, so
+//! `127.0.0.1:0` gets the same socket (and port) in every generation. Each inherited fd is checked
+//! before it is used: it must be open, a listening stream socket (a datagram socket for `udp`) on
+//! the asked-for address; the readiness fd must be a pipe open for writing. Anything else stops the new process with an [`InheritError`] naming the
 //! variable and the fd, before it reports ready, so the old process rolls back.
 //!
 //! # The control socket
@@ -131,6 +131,7 @@
 //! | the end | `server shut down` |
 #![cfg(unix)]
 #![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod accept;
 mod activation;
@@ -141,6 +142,7 @@ mod drain;
 mod env;
 mod error;
 mod fds;
+mod key;
 mod lifecycle;
 mod listeners;
 mod notify;
@@ -160,7 +162,6 @@ pub use connection::HttpService;
 pub use drain::{Drain, DrainReport, Draining, Hold};
 pub use error::{Error, InheritError, UpgradeError};
 pub use lifecycle::{AfterUpgrade, Handle, Octopus, Stop};
-pub use listeners::{ListenerKey, Network, ParseKeyError};
 pub use serve::{serve, Server};
 #[cfg(feature = "tls")]
 pub use tls::tls_config_from_files;

@@ -1,7 +1,7 @@
 //! The life of one generation of a server: inherit or bind its listeners, report ready, serve
 //! until asked to stop (by a signal or a [`Handle`]), and hand over to a successor.
 
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -15,15 +15,17 @@ use crate::activation::{self, Activated};
 use crate::config::Config;
 use crate::control::{self, Facts, Gate, ListenerStats};
 use crate::drain::DrainReport;
-use crate::env::{Handover, LISTENERS_VAR, READY_FD_VAR, VARS};
+use crate::env::{Handover, LISTENERS_VAR, READY_FD_VAR};
 use crate::error::{Error, UpgradeError};
 use crate::fds;
-use crate::listeners::{ListenerKey, Registry};
+use crate::key::ListenerKey;
+use crate::listeners::Registry;
 use crate::notify;
 use crate::pidfile;
 use crate::process::{ChildProcess, OsChild, OsSpawner, StartInfo};
 use crate::readiness;
-use crate::signals;
+use crate::signals::{self, Action};
+pub use crate::upgrade::AfterUpgrade;
 use crate::upgrade::Upgrader;
 
 /// Why a generation stops accepting.
@@ -38,15 +40,6 @@ pub enum Stop {
         /// The successor's process id.
         pid: u32,
     },
-}
-
-/// What the old process does once its successor is ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterUpgrade {
-    /// Drain and exit (SIGHUP; SIGUSR1/SIGUSR2 with `kill_master`).
-    Exit,
-    /// Keep serving beside the successor (SIGUSR1/SIGUSR2 without `kill_master`).
-    KeepServing,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,14 +193,11 @@ impl Octopus {
         // From here on the slot is freed by `Inner`'s drop, or by this guard on an early error.
         let slot = InstanceSlot;
         let handlers = if config.handle_signals {
-            Some(signals::Handlers::install()?)
+            Some(signals::Handlers::install(config.kill_master)?)
         } else {
             None
         };
-        let handover = Handover::from_env(|var| std::env::var_os(var))?;
-        for var in VARS {
-            std::env::remove_var(var);
-        }
+        let handover = Handover::inherited()?;
         let (inherited, parent, activated) = match handover {
             None => (Vec::new(), None, activation::take()?),
             Some(handover) => {
@@ -219,8 +209,8 @@ impl Octopus {
             }
         };
         // Sets this process's generation, which `assemble` gives to the control socket's facts.
-        crate::env::take_generation(parent.is_some());
-        let upgrade_started = crate::env::take_upgrade_started();
+        crate::env::inherit_generation(parent.is_some());
+        let upgrade_started = crate::env::inherited_upgrade_started(parent.is_some());
         let start = StartInfo::capture()?;
         let octopus = Self::assemble(&config, inherited, activated, parent, start, true);
         std::mem::forget(slot);
@@ -233,7 +223,7 @@ impl Octopus {
             control::serve(listener, &octopus.handle())?;
         }
         if let Some(handlers) = handlers {
-            handlers.serve(octopus.handle().downgrade(), config.kill_master);
+            serve_signals(handlers, octopus.handle().downgrade());
         }
         Ok(octopus)
     }
@@ -299,6 +289,34 @@ impl Octopus {
         mode: Option<u32>,
     ) -> Result<(UnixListener, Option<UnixListener>), Error> {
         self.inner.registry.unix(path, mode)
+    }
+
+    /// The UDP socket bound to `address` (`HOST:PORT`, IPv4 or IPv6; port 0 picks a free port
+    /// once and keeps it across upgrades): the one the previous process had, or a new one.
+    /// Non-blocking and close-on-exec; turn it into a Tokio socket with
+    /// `tokio::net::UdpSocket::from_std`. A socket systemd passed (`ListenDatagram=`) is taken
+    /// when its name or its address is the one asked for.
+    ///
+    /// The old and the new process share the socket and its receive queue, so no datagram is
+    /// refused during an upgrade. Once [`Octopus::stopped`] says [`Stop::Upgraded`], stop
+    /// receiving (the new process receives from then on) and finish the replies in flight; after
+    /// [`Stop::Shutdown`], [`Octopus::close_listeners`] and drop the socket.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let octopus = octopus::Octopus::new(octopus::Config::new().handle_signals(false))?;
+    /// let socket = tokio::net::UdpSocket::from_std(octopus.listen_udp("127.0.0.1:0")?)?;
+    /// octopus.ready()?;
+    /// let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    /// client.send_to(b"ping", socket.local_addr()?).await?;
+    /// let mut datagram = [0; 512];
+    /// let (len, from) = socket.recv_from(&mut datagram).await?;
+    /// socket.send_to(&datagram[..len], from).await?;
+    /// assert_eq!(client.recv(&mut datagram).await?, 4);
+    /// # Ok(()) }
+    /// ```
+    pub fn listen_udp(&self, address: &str) -> Result<UdpSocket, Error> {
+        self.inner.registry.udp(ListenerKey::udp(address), address)
     }
 
     /// Like [`Octopus::listen_tcp`], but identified by `name` only, so a new version of the
@@ -726,6 +744,30 @@ impl Handle {
     }
 }
 
+/// Acts on the signals' actions, from a task, as long as the generation behind `weak` lives.
+fn serve_signals(mut handlers: signals::Handlers, weak: WeakHandle) {
+    tokio::spawn(async move {
+        loop {
+            let (name, action) = handlers.next().await;
+            // The generation is gone (its server returned): nothing left to act on.
+            let Some(handle) = weak.upgrade() else {
+                break;
+            };
+            // Each signal is acted on in a task of its own: if the application's logging panics
+            // (a subscriber writing to a closed stderr), that task dies, not the signal handling.
+            tokio::spawn(async move {
+                tracing::info!(pid = std::process::id(), "signal received: {name}");
+                match action {
+                    Action::Upgrade { after } => {
+                        let _ = handle.upgrade(after).await;
+                    }
+                    Action::Shutdown => handle.shutdown(),
+                }
+            });
+        }
+    });
+}
+
 /// Reaps a successor this process handed over to; if it dies (exits non-zero or of a signal) while
 /// this process still runs (is draining), this process resumes serving on the listeners it kept.
 async fn watch_successor(inner: Arc<Inner>, mut child: OsChild) {
@@ -769,9 +811,13 @@ struct Inherited {
 fn adopt(handover: Handover) -> Result<Inherited, Error> {
     let mut listeners = Vec::with_capacity(handover.listeners.len());
     for (fd, key) in &handover.listeners {
-        listeners.push((key.clone(), fds::adopt_listener(LISTENERS_VAR, *fd, key)?));
+        // SAFETY: the fds were passed by the parent across exec, and `Handover::inherited` hands
+        // them out once per process; its parser rejects an fd named twice.
+        let fd = unsafe { fds::adopt_listener(LISTENERS_VAR, *fd, key) }?;
+        listeners.push((key.clone(), fd));
     }
-    let ready_pipe = fds::adopt_ready_pipe(READY_FD_VAR, handover.ready_fd)?;
+    // SAFETY: as above; the parser rejects a ready fd that is also a listener's.
+    let ready_pipe = unsafe { fds::adopt_ready_pipe(READY_FD_VAR, handover.ready_fd) }?;
     let actual_parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32);
     if actual_parent != Some(handover.parent_pid) {
         tracing::warn!(

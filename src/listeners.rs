@@ -1,130 +1,25 @@
-//! Listening sockets that survive upgrades.
+//! Sockets that survive upgrades: listening stream sockets, and bound UDP sockets (called
+//! listeners here too).
 //!
-//! Each listener is identified by a [`ListenerKey`]: the network and the address *as asked for*
-//! (`tcp:127.0.0.1:0` stays `tcp:127.0.0.1:0` even once the kernel picked a port), or an explicit
-//! name. A new process that asks for the same key receives the same kernel socket, with the same
-//! accept queue; on a first start the socket is bound fresh.
+//! Each listener is identified by a [`ListenerKey`]. A new process that asks for the same key
+//! receives the same kernel socket, with the same accept or receive queue; on a first start the
+//! socket is bound fresh.
 
-use std::fmt;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::activation::Activated;
 use crate::error::Error;
+use crate::key::{ListenerKey, Network};
 
 /// How many connections the kernel queues before the application accepts them.
 const BACKLOG: i32 = 1024;
-
-/// The kind of socket a [`ListenerKey`] names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Network {
-    /// A TCP socket; the key's address is `HOST:PORT` as asked for.
-    Tcp,
-    /// A Unix domain stream socket; the key's address is its path.
-    Unix,
-    /// Any listening stream socket, identified by a name the application chose.
-    Named,
-}
-
-impl Network {
-    fn as_str(self) -> &'static str {
-        match self {
-            Network::Tcp => "tcp",
-            Network::Unix => "unix",
-            Network::Named => "name",
-        }
-    }
-}
-
-/// Identifies a listener across upgrades: the network and the requested address, or a name.
-///
-/// ```
-/// use octopus::ListenerKey;
-///
-/// let key = ListenerKey::tcp("127.0.0.1:0");
-/// assert_eq!(key.to_string(), "tcp:127.0.0.1:0");
-/// assert_eq!("tcp:127.0.0.1:0".parse::<ListenerKey>().unwrap(), key);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ListenerKey {
-    network: Network,
-    address: String,
-}
-
-impl ListenerKey {
-    /// A TCP listener on `HOST:PORT`, as asked for (port 0 included).
-    pub fn tcp(address: impl Into<String>) -> Self {
-        ListenerKey {
-            network: Network::Tcp,
-            address: address.into(),
-        }
-    }
-
-    /// A Unix domain stream socket at `path`.
-    pub fn unix(path: impl Into<String>) -> Self {
-        ListenerKey {
-            network: Network::Unix,
-            address: path.into(),
-        }
-    }
-
-    /// A listener identified by a name only, whatever address it listens on.
-    pub fn named(name: impl Into<String>) -> Self {
-        ListenerKey {
-            network: Network::Named,
-            address: name.into(),
-        }
-    }
-
-    /// The kind of socket.
-    pub fn network(&self) -> Network {
-        self.network
-    }
-
-    /// The address or name, as asked for.
-    pub fn address(&self) -> &str {
-        &self.address
-    }
-}
-
-impl fmt::Display for ListenerKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.network.as_str(), self.address)
-    }
-}
-
-/// The error returned when a string is not a `NETWORK:ADDRESS` key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a listener key: expected tcp:HOST:PORT, unix:PATH or name:NAME")]
-pub struct ParseKeyError(String);
-
-impl FromStr for ListenerKey {
-    type Err = ParseKeyError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let error = || ParseKeyError(s.to_string());
-        let (network, address) = s.split_once(':').ok_or_else(error)?;
-        let network = [Network::Tcp, Network::Unix, Network::Named]
-            .into_iter()
-            .find(|n| n.as_str() == network)
-            .ok_or_else(error)?;
-        if address.is_empty() {
-            return Err(error());
-        }
-        Ok(ListenerKey {
-            network,
-            address: address.to_string(),
-        })
-    }
-}
 
 /// The listeners of this process: inherited ones not yet asked for, and the ones in use.
 #[derive(Debug, Default)]
@@ -145,8 +40,14 @@ impl Registry {
 
     /// The TCP listener for `key`: inherited if the previous process had it, else bound to `bind`.
     pub fn tcp(&self, key: ListenerKey, bind: &str) -> Result<TcpListener, Error> {
-        let fd = self.obtain(key, || bind_tcp(bind), |adopted| adopted)?;
+        let fd = self.obtain(key, || bind_inet(bind, Type::STREAM), |adopted| adopted)?;
         Ok(TcpListener::from(fd))
+    }
+
+    /// The UDP socket for `key`: inherited if the previous process had it, else bound to `bind`.
+    pub fn udp(&self, key: ListenerKey, bind: &str) -> Result<UdpSocket, Error> {
+        let fd = self.obtain(key, || bind_inet(bind, Type::DGRAM), |adopted| adopted)?;
+        Ok(UdpSocket::from(fd))
     }
 
     /// The Unix listener at `path`: inherited if the previous process had it, else bound fresh
@@ -263,8 +164,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Whether a socket systemd passed is the one `key` asks for: by name, or by address.
+/// Whether a socket systemd passed is the one `key` asks for: of the right kind (datagram for
+/// UDP only), by name or by address.
 fn serves(key: &ListenerKey, activated: &Activated) -> bool {
+    if activated.datagram != (key.network() == Network::Udp) {
+        return false;
+    }
     if activated.name == key.address() {
         return true;
     }
@@ -272,9 +177,9 @@ fn serves(key: &ListenerKey, activated: &Activated) -> bool {
         return false;
     };
     match key.network() {
-        Network::Tcp => local
+        Network::Tcp | Network::Udp => local
             .as_socket()
-            .is_some_and(|actual| crate::fds::tcp_matches(key.address(), actual).is_ok()),
+            .is_some_and(|actual| crate::fds::inet_matches(key.address(), actual).is_ok()),
         Network::Unix => local
             .as_pathname()
             .is_some_and(|path| path == Path::new(key.address())),
@@ -302,8 +207,9 @@ fn duplicate(fd: &OwnedFd) -> Result<OwnedFd, Error> {
     })
 }
 
-/// Resolves `address` and binds the first of its addresses that accepts a listener.
-fn bind_tcp(address: &str) -> Result<OwnedFd, Error> {
+/// Resolves `address` and binds the first of its addresses that accepts a socket of `kind`:
+/// a TCP listener for `STREAM`, a UDP socket for `DGRAM`.
+fn bind_inet(address: &str, kind: Type) -> Result<OwnedFd, Error> {
     let mut candidates: Vec<SocketAddr> = address
         .to_socket_addrs()
         .map_err(|e| Error::Address {
@@ -316,7 +222,7 @@ fn bind_tcp(address: &str) -> Result<OwnedFd, Error> {
     candidates.sort_by_key(|candidate| !candidate.is_ipv4());
     let mut last_error = None;
     for candidate in &candidates {
-        match bind_tcp_addr(*candidate) {
+        match bind_inet_addr(*candidate, kind) {
             Ok(fd) => return Ok(fd),
             Err(e) => last_error = Some(e),
         }
@@ -333,16 +239,19 @@ fn bind_tcp(address: &str) -> Result<OwnedFd, Error> {
     })
 }
 
-fn bind_tcp_addr(address: SocketAddr) -> std::io::Result<OwnedFd> {
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    // Lets a fresh start bind while connections of a previous run linger in TIME_WAIT.
-    socket.set_reuse_address(true)?;
+fn bind_inet_addr(address: SocketAddr, kind: Type) -> std::io::Result<OwnedFd> {
+    let stream = kind == Type::STREAM;
+    let protocol = if stream { Protocol::TCP } else { Protocol::UDP };
+    let socket = Socket::new(Domain::for_address(address), kind, Some(protocol))?;
+    if stream {
+        // Lets a fresh start bind while connections of a previous run linger in TIME_WAIT. Not
+        // for UDP, where it would let two servers bind one port and split its datagrams.
+        socket.set_reuse_address(true)?;
+    }
     socket.bind(&address.into())?;
-    socket.listen(BACKLOG)?;
+    if stream {
+        socket.listen(BACKLOG)?;
+    }
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
@@ -452,18 +361,8 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     #[test]
-    fn keys_parse_and_display() {
-        for text in ["tcp:[::1]:80", "unix:/run/a:b.sock", "name:admin"] {
-            assert_eq!(text.parse::<ListenerKey>().unwrap().to_string(), text);
-        }
-        for bad in ["", "tcp", "tcp:", "udp:1.2.3.4:5", ":x"] {
-            assert!(bad.parse::<ListenerKey>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn inherited_listener_is_the_same_socket() {
-        let original = bind_tcp("127.0.0.1:0").unwrap();
+        let original = bind_inet("127.0.0.1:0", Type::STREAM).unwrap();
         let address = TcpListener::from(original.try_clone().unwrap())
             .local_addr()
             .unwrap();
@@ -472,6 +371,60 @@ mod tests {
             .tcp(ListenerKey::tcp("127.0.0.1:0"), "127.0.0.1:0")
             .unwrap();
         assert_eq!(listener.local_addr().unwrap(), address);
+    }
+
+    #[test]
+    fn an_inherited_udp_socket_is_the_same_socket_and_port_zero_keeps_its_port() {
+        let original = bind_inet("127.0.0.1:0", Type::DGRAM).unwrap();
+        let id = socket_id(&original);
+        let address = UdpSocket::from(original.try_clone().unwrap())
+            .local_addr()
+            .unwrap();
+        let key = ListenerKey::udp("127.0.0.1:0");
+        let registry = Registry::new(vec![(key.clone(), original)], vec![]);
+        let socket = registry.udp(key.clone(), "127.0.0.1:0").unwrap();
+        assert_eq!(socket_id(&socket), id);
+        assert_eq!(socket.local_addr().unwrap(), address);
+        let err = registry.udp(key, "127.0.0.1:0").unwrap_err();
+        assert!(matches!(err, Error::DuplicateListener { .. }), "{err}");
+        registry.with_handover(|fds| {
+            assert_eq!(fds[0].0, ListenerKey::udp("127.0.0.1:0"));
+            assert_eq!(socket_id(&fds[0].1), id);
+        });
+    }
+
+    #[test]
+    fn a_udp_key_takes_a_systemd_datagram_socket_and_a_tcp_key_does_not() {
+        let udp = bind_inet("127.0.0.1:0", Type::DGRAM).unwrap();
+        let id = socket_id(&udp);
+        let port = UdpSocket::from(udp.try_clone().unwrap())
+            .local_addr()
+            .unwrap()
+            .port();
+        let activated = |fd| Activated {
+            name: "dns".into(),
+            fd,
+            datagram: true,
+        };
+        let registry = Registry::new(vec![], vec![activated(udp)]);
+        let tcp = registry
+            .tcp(ListenerKey::named("dns"), "127.0.0.1:0")
+            .unwrap();
+        assert_ne!(socket_id(&tcp), id, "a datagram socket is no TCP listener");
+        let socket = registry
+            .udp(ListenerKey::udp(format!("127.0.0.1:{port}")), "127.0.0.1:0")
+            .unwrap();
+        assert_eq!(socket_id(&socket), id, "matched by address");
+    }
+
+    #[test]
+    fn a_udp_port_in_use_names_the_address() {
+        let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let address = taken.local_addr().unwrap().to_string();
+        let err = Registry::default()
+            .udp(ListenerKey::udp(&address), &address)
+            .unwrap_err();
+        assert!(err.to_string().contains(&address), "{err}");
     }
 
     #[test]
@@ -490,7 +443,7 @@ mod tests {
     fn port_in_use_names_the_address() {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = taken.local_addr().unwrap().to_string();
-        let err = bind_tcp(&address).unwrap_err();
+        let err = bind_inet(&address, Type::STREAM).unwrap_err();
         let text = err.to_string();
         assert!(text.contains(&address) && text.contains("in use"), "{text}");
     }
@@ -610,6 +563,7 @@ mod tests {
             vec![Activated {
                 name: "unknown".into(),
                 fd,
+                datagram: false,
             }],
         );
         std::fs::remove_file(&path).unwrap();
@@ -698,7 +652,10 @@ mod tests {
     #[test]
     fn handover_lists_active_listeners_only() {
         let registry = Registry::new(
-            vec![(ListenerKey::named("old"), bind_tcp("127.0.0.1:0").unwrap())],
+            vec![(
+                ListenerKey::named("old"),
+                bind_inet("127.0.0.1:0", Type::STREAM).unwrap(),
+            )],
             vec![],
         );
         let listener = registry

@@ -4,7 +4,7 @@
 use std::ffi::{CString, OsString};
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -12,9 +12,9 @@ use std::process::ExitStatus;
 
 use rustix::io::FdFlags;
 
-use crate::env::{Handover, GENERATION_VAR, UPGRADE_STARTED_VAR, VARS};
+use crate::env::{Handover, ALL_VARS, GENERATION_VAR, PID_VAR, UPGRADE_STARTED_VAR};
 use crate::error::Error;
-use crate::listeners::ListenerKey;
+use crate::key::ListenerKey;
 use crate::readiness;
 
 /// How this process was started, captured once at start-up so that a successor is started the
@@ -228,37 +228,15 @@ impl Spawner for OsSpawner {
         listeners: &[(ListenerKey, BorrowedFd<'_>)],
     ) -> io::Result<Spawned<OsChild>> {
         let (ready_read, ready_write) = readiness::pipe()?;
-        let handover = Handover {
-            listeners: listeners
-                .iter()
-                .map(|(key, fd)| (fd.as_raw_fd(), key.clone()))
-                .collect(),
-            ready_fd: ready_write.as_raw_fd(),
-            parent_pid: std::process::id(),
-        };
+        let handover = Handover::from_this_process(listeners, ready_write.as_fd());
         let inherit: Vec<RawFd> = handover
             .listeners
             .iter()
             .map(|(fd, _)| *fd)
             .chain([handover.ready_fd])
             .collect();
-        let informative = [
-            (GENERATION_VAR, (crate::env::generation() + 1).to_string()),
-            (UPGRADE_STARTED_VAR, crate::env::upgrade_started_now()),
-        ];
-        let ours = |name: &OsString| {
-            VARS.iter()
-                .chain(&[GENERATION_VAR, UPGRADE_STARTED_VAR])
-                .any(|var| name == var)
-        };
-        let environment = std::env::vars_os().filter(|(name, _)| !ours(name)).chain(
-            handover
-                .to_env()
-                .into_iter()
-                .chain(informative)
-                .map(|(name, value)| (name.into(), value.into())),
-        );
-        let exec = Exec::new(start, environment)?;
+        let environment = successor_environment(std::env::vars_os(), &handover);
+        let mut exec = Exec::new(start, environment)?;
         // Only for what std does before the hook: the working directory, stdio.
         let mut command = std::process::Command::new(&start.program);
         command.current_dir(&start.cwd);
@@ -275,6 +253,7 @@ impl Spawner for OsSpawner {
                         return Err(io::Error::last_os_error());
                     }
                 }
+                exec.stamp_pid(std::process::id());
                 Err(exec.exec())
             });
         }
@@ -292,6 +271,33 @@ impl Spawner for OsSpawner {
     }
 }
 
+/// The environment of a successor: this process's `current` one without any variable of an
+/// earlier hand-over or of systemd socket activation (this process read them, or ignored them as
+/// not its own; its successor must not see them), plus the fresh hand-over. [`PID_VAR`] is added
+/// by [`Exec`], which alone knows the successor's pid.
+pub(crate) fn successor_environment(
+    current: impl Iterator<Item = (OsString, OsString)>,
+    handover: &Handover,
+) -> Vec<(OsString, OsString)> {
+    let stale = |name: &OsString| {
+        ALL_VARS
+            .iter()
+            .chain(&crate::activation::VARS)
+            .any(|var| name == var)
+    };
+    let fresh = handover.to_env().into_iter().chain([
+        (GENERATION_VAR, (crate::env::generation() + 1).to_string()),
+        (UPGRADE_STARTED_VAR, crate::env::upgrade_started_now()),
+    ]);
+    current
+        .filter(|(name, _)| !stale(name))
+        .chain(fresh.map(|(name, value)| (name.into(), value.into())))
+        .collect()
+}
+
+/// `OCTOPUS_PID=` and room for any pid, NUL-terminated.
+const PID_ENTRY: usize = PID_VAR.len() + 1 + 10 + 1;
+
 /// The program, its arguments and its environment as `execve` takes them, made before forking:
 /// the child may not allocate.
 ///
@@ -303,6 +309,8 @@ struct Exec {
     program: CString,
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
+    /// `OCTOPUS_PID=PID`, written in the child by [`Exec::stamp_pid`]; the last entry of `envp`.
+    pid_entry: [u8; PID_ENTRY],
     /// Owns what `argv` and `envp` point to.
     _strings: Vec<CString>,
 }
@@ -314,10 +322,7 @@ unsafe impl Send for Exec {}
 unsafe impl Sync for Exec {}
 
 impl Exec {
-    fn new(
-        start: &StartInfo,
-        environment: impl Iterator<Item = (OsString, OsString)>,
-    ) -> io::Result<Exec> {
+    fn new(start: &StartInfo, environment: Vec<(OsString, OsString)>) -> io::Result<Exec> {
         use std::os::unix::ffi::{OsStrExt, OsStringExt};
         let c_string = |bytes: Vec<u8>| {
             CString::new(bytes).map_err(|_| {
@@ -332,6 +337,7 @@ impl Exec {
             .map(|arg| c_string(arg.as_bytes().to_vec()))
             .collect::<io::Result<_>>()?;
         let env: Vec<CString> = environment
+            .into_iter()
             .map(|(name, value)| {
                 let mut pair = name.into_vec();
                 pair.push(b'=');
@@ -346,12 +352,39 @@ impl Exec {
                 .chain([std::ptr::null()])
                 .collect::<Vec<_>>()
         };
+        let mut envp = pointers(&env);
+        // Room for the pid entry, before the final null pointer.
+        envp.insert(envp.len() - 1, std::ptr::null());
         Ok(Exec {
             program: c_string(start.program.as_os_str().as_bytes().to_vec())?,
             argv: pointers(&args),
-            envp: pointers(&env),
+            envp,
+            pid_entry: [0; PID_ENTRY],
             _strings: args.into_iter().chain(env).collect(),
         })
+    }
+
+    /// Names `pid` in [`PID_VAR`]: called in the forked child, so it may not allocate.
+    fn stamp_pid(&mut self, pid: u32) {
+        let mut digits = [0u8; 10];
+        let mut rest = pid;
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        let digits = &digits[start..];
+        let name = PID_VAR.len();
+        self.pid_entry[..name].copy_from_slice(PID_VAR.as_bytes());
+        self.pid_entry[name] = b'=';
+        self.pid_entry[name + 1..name + 1 + digits.len()].copy_from_slice(digits);
+        self.pid_entry[name + 1 + digits.len()] = 0;
+        let slot = self.envp.len() - 2;
+        self.envp[slot] = self.pid_entry.as_ptr().cast();
     }
 
     /// Replaces the process image; returns only the reason it could not.
@@ -372,6 +405,7 @@ impl Exec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn relative_paths_are_made_absolute_against_the_start_directory() {
@@ -445,6 +479,47 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_successor_never_inherits_a_stale_hand_over_or_systemd_variable() {
+        let stale = [
+            ("OCTOPUS_LISTENERS", "9=tcp:127.0.0.1:1"),
+            ("OCTOPUS_READY_FD", "10"),
+            ("OCTOPUS_PARENT_PID", "1"),
+            ("OCTOPUS_PID", "2"),
+            ("OCTOPUS_GENERATION", "77"),
+            ("OCTOPUS_UPGRADE_STARTED", "3"),
+            ("LISTEN_PID", "2"),
+            ("LISTEN_FDS", "1"),
+            ("LISTEN_FDNAMES", "web"),
+            ("APP_SETTING", "kept"),
+        ];
+        let handover = Handover {
+            listeners: vec![(3, ListenerKey::udp("[::1]:0"))],
+            ready_fd: 4,
+            parent_pid: 500,
+        };
+        let current = stale.iter().map(|(k, v)| (k.into(), v.into()));
+        let env = successor_environment(current, &handover);
+        let values = |name: &str| -> Vec<String> {
+            env.iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.to_string_lossy().into_owned())
+                .collect()
+        };
+        for var in crate::activation::VARS.iter().chain([&PID_VAR]) {
+            assert_eq!(values(var), Vec::<String>::new(), "{var}");
+        }
+        assert_eq!(values("OCTOPUS_LISTENERS"), ["3=udp:[::1]:0"]);
+        assert_eq!(values("OCTOPUS_READY_FD"), ["4"]);
+        assert_eq!(values("OCTOPUS_PARENT_PID"), ["500"]);
+        assert_eq!(
+            values("OCTOPUS_GENERATION"),
+            [(crate::env::generation() + 1).to_string()]
+        );
+        assert_ne!(values("OCTOPUS_UPGRADE_STARTED"), ["3"]);
+        assert_eq!(values("APP_SETTING"), ["kept"]);
+    }
+
     #[tokio::test]
     async fn spawned_process_receives_only_the_handed_over_fds() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -452,7 +527,8 @@ mod tests {
         let fd = listener.as_raw_fd();
         let script = format!(
             "test -n \"$OCTOPUS_READY_FD\" && test -e /proc/self/fd/{fd} && ! test -e /proc/self/fd/{stray} \
-             && test \"$OCTOPUS_LISTENERS\" = \"{fd}=tcp:127.0.0.1:0\" && printf R > /dev/fd/$OCTOPUS_READY_FD",
+             && test \"$OCTOPUS_LISTENERS\" = \"{fd}=tcp:127.0.0.1:0\" && test \"$OCTOPUS_PID\" = $$ \
+             && printf R > /dev/fd/$OCTOPUS_READY_FD",
             stray = stray.as_raw_fd()
         );
         let start = StartInfo {

@@ -6,16 +6,19 @@
 //! | SIGUSR1, SIGUSR2 | upgrade; this one keeps serving beside the new one, unless `kill_master` is set |
 //! | SIGINT, SIGTERM | graceful shutdown |
 
+//!
+//! This module turns a signal into an [`Action`]; the lifecycle acts on it.
+
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::error::Error;
-use crate::lifecycle::{AfterUpgrade, WeakHandle};
 use crate::process::UPGRADE_SIGNALS;
+use crate::upgrade::AfterUpgrade;
 
 /// What a signal asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Action {
-    Upgrade(AfterUpgrade),
+    Upgrade { after: AfterUpgrade },
     Shutdown,
 }
 
@@ -35,8 +38,12 @@ pub(crate) fn action_for(name: &str, kill_master: bool) -> Option<Action> {
         AfterUpgrade::KeepServing
     };
     match name {
-        "SIGHUP" => Some(Action::Upgrade(AfterUpgrade::Exit)),
-        "SIGUSR1" | "SIGUSR2" => Some(Action::Upgrade(after_user_signal)),
+        "SIGHUP" => Some(Action::Upgrade {
+            after: AfterUpgrade::Exit,
+        }),
+        "SIGUSR1" | "SIGUSR2" => Some(Action::Upgrade {
+            after: after_user_signal,
+        }),
         "SIGINT" | "SIGTERM" => Some(Action::Shutdown),
         _ => None,
     }
@@ -44,24 +51,38 @@ pub(crate) fn action_for(name: &str, kill_master: bool) -> Option<Action> {
 
 /// The handled signals, caught from the moment this exists: a signal that arrives during
 /// start-up waits here instead of killing the process.
-pub(crate) struct Handlers(Vec<(&'static str, Signal)>);
+pub(crate) struct Handlers {
+    streams: Vec<(&'static str, Action, Signal)>,
+}
 
 impl Handlers {
-    pub fn install() -> Result<Self, Error> {
+    /// Installs the handlers; `kill_master` makes SIGUSR1 and SIGUSR2 retire this process too.
+    pub fn install(kill_master: bool) -> Result<Self, Error> {
         let mut streams = Vec::with_capacity(HANDLED.len());
         for (name, kind) in HANDLED {
             let stream = signal(kind).map_err(|source| Error::Signal {
                 signal: name,
                 source,
             })?;
-            streams.push((name, stream));
+            let Some(action) = action_for(name, kill_master) else {
+                continue;
+            };
+            streams.push((name, action, stream));
         }
-        Ok(Handlers(streams))
+        Ok(Handlers { streams })
     }
 
-    /// Acts on the signals, from a task, as long as the generation behind `handle` lives.
-    pub fn serve(self, handle: WeakHandle, kill_master: bool) {
-        serve(self.0, handle, kill_master);
+    /// The next signal received, by name, and what it asks for.
+    pub async fn next(&mut self) -> (&'static str, Action) {
+        std::future::poll_fn(|cx| {
+            for (name, action, stream) in self.streams.iter_mut() {
+                if let std::task::Poll::Ready(Some(())) = stream.poll_recv(cx) {
+                    return std::task::Poll::Ready((*name, *action));
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 }
 
@@ -84,38 +105,6 @@ pub(crate) fn restore_default_upgrade_signals() {
     }
 }
 
-fn serve(mut streams: Vec<(&'static str, Signal)>, weak: WeakHandle, kill_master: bool) {
-    tokio::spawn(async move {
-        loop {
-            let received = std::future::poll_fn(|cx| {
-                for (name, stream) in streams.iter_mut() {
-                    if let std::task::Poll::Ready(Some(())) = stream.poll_recv(cx) {
-                        return std::task::Poll::Ready(*name);
-                    }
-                }
-                std::task::Poll::Pending
-            })
-            .await;
-            // The generation is gone (its server returned): nothing left to act on.
-            let Some(handle) = weak.upgrade() else {
-                break;
-            };
-            // Each signal is acted on in a task of its own: if the application's logging panics
-            // (a subscriber writing to a closed stderr), that task dies, not the signal handling.
-            tokio::spawn(async move {
-                tracing::info!(pid = std::process::id(), "signal received: {received}");
-                match action_for(received, kill_master) {
-                    Some(Action::Upgrade(after)) => {
-                        let _ = handle.upgrade(after).await;
-                    }
-                    Some(Action::Shutdown) => handle.shutdown(),
-                    None => {}
-                }
-            });
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,7 +114,9 @@ mod tests {
         for kill_master in [false, true] {
             assert_eq!(
                 action_for("SIGHUP", kill_master),
-                Some(Action::Upgrade(AfterUpgrade::Exit))
+                Some(Action::Upgrade {
+                    after: AfterUpgrade::Exit
+                })
             );
             assert_eq!(action_for("SIGINT", kill_master), Some(Action::Shutdown));
             assert_eq!(action_for("SIGTERM", kill_master), Some(Action::Shutdown));
@@ -133,11 +124,15 @@ mod tests {
         for usr in ["SIGUSR1", "SIGUSR2"] {
             assert_eq!(
                 action_for(usr, false),
-                Some(Action::Upgrade(AfterUpgrade::KeepServing))
+                Some(Action::Upgrade {
+                    after: AfterUpgrade::KeepServing
+                })
             );
             assert_eq!(
                 action_for(usr, true),
-                Some(Action::Upgrade(AfterUpgrade::Exit))
+                Some(Action::Upgrade {
+                    after: AfterUpgrade::Exit
+                })
             );
         }
         assert!(HANDLED

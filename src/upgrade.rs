@@ -19,6 +19,15 @@ use crate::error::UpgradeError;
 use crate::listeners::Registry;
 use crate::process::{ChildProcess, Spawned, Spawner, StartInfo};
 
+/// What the old process does once its successor is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterUpgrade {
+    /// Drain and exit (SIGHUP; SIGUSR1/SIGUSR2 with `kill_master`).
+    Exit,
+    /// Keep serving beside the successor (SIGUSR1/SIGUSR2 without `kill_master`).
+    KeepServing,
+}
+
 /// How long a successor that closed its readiness pipe gets to exit before it is stopped.
 const EXIT_AFTER_CLOSE: Duration = Duration::from_secs(2);
 /// How long reaping a killed successor may take before giving up on it.
@@ -291,7 +300,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use tokio::sync::watch;
 
-    use crate::listeners::ListenerKey;
+    use crate::key::ListenerKey;
 
     #[derive(Clone, Copy)]
     enum Script {
@@ -576,6 +585,230 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, UpgradeError::Cancelled { .. }), "{err}");
         assert_eq!(counts(&record), (1, 0, 1));
+    }
+
+    /// What an in-process successor found: for each listener it asked for, its key, the kernel
+    /// socket behind it and its local address.
+    type Found = Vec<(ListenerKey, u64, String)>;
+
+    /// How a [`ThreadSpawner`]'s successor ends its start.
+    #[derive(Clone, Copy)]
+    enum Ending {
+        Ready,
+        CloseWithoutReady,
+    }
+
+    /// Starts the successor as a thread of this test instead of a process, on the real
+    /// hand-over: the fds it is handed (duplicated, as `fork` would), described in the
+    /// environment a successor gets, read back, adopted and checked; then it reports ready, or
+    /// closes the pipe and exits 1.
+    struct ThreadSpawner {
+        script: Ending,
+        found: std::sync::mpsc::Sender<Found>,
+    }
+
+    /// The thread standing for the successor process; it "exits" when the thread ends, which a
+    /// ready one does once asked to ([`ChildProcess::terminate`]).
+    struct ThreadChild {
+        exit: watch::Receiver<Option<i32>>,
+        terminate: std::sync::mpsc::Sender<()>,
+    }
+
+    const THREAD_PID: u32 = 999_999_999;
+
+    impl ChildProcess for ThreadChild {
+        fn pid(&self) -> u32 {
+            THREAD_PID
+        }
+
+        fn wait(&mut self) -> impl std::future::Future<Output = io::Result<ExitStatus>> + Send {
+            let mut exit = self.exit.clone();
+            async move {
+                let code = match exit.wait_for(Option::is_some).await {
+                    Ok(code) => code.unwrap_or(101),
+                    Err(_) => 101,
+                };
+                Ok(ExitStatus::from_raw(code << 8))
+            }
+        }
+
+        fn start_kill(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+
+        fn terminate(&mut self) -> io::Result<()> {
+            let _ = self.terminate.send(());
+            Ok(())
+        }
+    }
+
+    impl Spawner for ThreadSpawner {
+        type Child = ThreadChild;
+
+        fn spawn(
+            &self,
+            _start: &StartInfo,
+            listeners: &[(ListenerKey, BorrowedFd<'_>)],
+        ) -> io::Result<Spawned<ThreadChild>> {
+            use std::os::fd::{AsFd, OwnedFd};
+            let (ready_read, ready_write) = crate::readiness::pipe()?;
+            let copies: Vec<OwnedFd> = listeners
+                .iter()
+                .map(|(_, fd)| fd.try_clone_to_owned())
+                .collect::<io::Result<_>>()?;
+            let handed: Vec<_> = listeners
+                .iter()
+                .zip(&copies)
+                .map(|((key, _), fd)| (key.clone(), fd.as_fd()))
+                .collect();
+            let handover = crate::env::Handover::from_this_process(&handed, ready_write.as_fd());
+            let mut env = crate::process::successor_environment(std::iter::empty(), &handover);
+            env.push((crate::env::PID_VAR.into(), THREAD_PID.to_string().into()));
+            // From here on the successor owns the copies and the write end, by number.
+            copies.into_iter().for_each(std::mem::forget);
+            std::mem::forget(ready_write);
+            let (exit_tx, exit_rx) = watch::channel(None);
+            let (terminate_tx, terminate_rx) = std::sync::mpsc::channel();
+            let (script, found) = (self.script, self.found.clone());
+            std::thread::spawn(move || {
+                let me = crate::env::Identity {
+                    pid: THREAD_PID,
+                    parent: Some(std::process::id()),
+                };
+                let lookup = |var: &str| env.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone());
+                let handover = crate::env::Handover::from_env(lookup, me)
+                    .unwrap()
+                    .expect("the hand-over is for this successor");
+                let mut inherited = Vec::new();
+                for (fd, key) in &handover.listeners {
+                    // SAFETY: the spawner forgot its owner of each copy: this is the only one.
+                    let fd = unsafe { crate::fds::adopt_listener("OCTOPUS_LISTENERS", *fd, key) };
+                    inherited.push((key.clone(), fd.unwrap()));
+                }
+                // SAFETY: as above, for the pipe's write end.
+                let ready =
+                    unsafe { crate::fds::adopt_ready_pipe("OCTOPUS_READY_FD", handover.ready_fd) }
+                        .unwrap();
+                let keys: Vec<ListenerKey> = inherited.iter().map(|(k, _)| k.clone()).collect();
+                let registry = Registry::new(inherited, vec![]);
+                let mut sockets: Found = Vec::new();
+                for key in keys {
+                    let fd: OwnedFd = match key.network() {
+                        crate::key::Network::Tcp => {
+                            registry.tcp(key.clone(), key.address()).unwrap().into()
+                        }
+                        crate::key::Network::Udp => {
+                            registry.udp(key.clone(), key.address()).unwrap().into()
+                        }
+                        _ => unreachable!("the test hands over TCP and UDP sockets"),
+                    };
+                    let address = crate::listeners::local_address(&fd);
+                    sockets.push((key, rustix::fs::fstat(&fd).unwrap().st_ino, address));
+                }
+                found.send(sockets).unwrap();
+                let code = match script {
+                    Ending::Ready => {
+                        crate::readiness::wait_writable(&ready).unwrap();
+                        crate::readiness::notify_ready(&ready).unwrap();
+                        // Serves until told to stop, as a process would.
+                        let _ = terminate_rx.recv_timeout(Duration::from_secs(30));
+                        0
+                    }
+                    Ending::CloseWithoutReady => 1,
+                };
+                drop(ready);
+                exit_tx.send_replace(Some(code));
+            });
+            Ok(Spawned {
+                child: ThreadChild {
+                    exit: exit_rx,
+                    terminate: terminate_tx,
+                },
+                ready: Box::pin(crate::readiness::wait_ready(ready_read)),
+            })
+        }
+    }
+
+    /// A registry serving a TCP listener and a UDP socket, as the old process's, and what the
+    /// successor must find: each key, socket and address.
+    fn old_process() -> (Registry, Found) {
+        let registry = Registry::default();
+        let tcp = registry
+            .tcp(ListenerKey::tcp("127.0.0.1:0"), "127.0.0.1:0")
+            .unwrap();
+        let udp = registry
+            .udp(ListenerKey::udp("127.0.0.1:0"), "127.0.0.1:0")
+            .unwrap();
+        let id = |fd: &dyn std::os::fd::AsFd| rustix::fs::fstat(fd.as_fd()).unwrap().st_ino;
+        let expected = vec![
+            (
+                ListenerKey::tcp("127.0.0.1:0"),
+                id(&tcp),
+                tcp.local_addr().unwrap().to_string(),
+            ),
+            (
+                ListenerKey::udp("127.0.0.1:0"),
+                id(&udp),
+                udp.local_addr().unwrap().to_string(),
+            ),
+        ];
+        (registry, expected)
+    }
+
+    async fn hand_over_in_process(
+        script: Ending,
+    ) -> (Result<Successor<ThreadChild>, UpgradeError>, Found, Found) {
+        let (registry, expected) = old_process();
+        let (found_tx, found_rx) = std::sync::mpsc::channel();
+        let spawner = ThreadSpawner {
+            script,
+            found: found_tx,
+        };
+        let start = StartInfo {
+            program: "/srv/app/server".into(),
+            argv0: "server".into(),
+            args: vec![],
+            cwd: "/".into(),
+        };
+        let upgrader = Upgrader::new(spawner, start, Duration::from_secs(10), DRAIN);
+        let permit = upgrader.begin().unwrap();
+        let result = upgrader
+            .run(&permit, &registry, &CancellationToken::new(), None)
+            .await;
+        let found = found_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the successor adopted its sockets");
+        (result, expected, found)
+    }
+
+    #[tokio::test]
+    async fn in_process_the_successor_adopts_the_same_sockets_and_the_old_side_hands_over() {
+        let (result, expected, found) = hand_over_in_process(Ending::Ready).await;
+        assert_eq!(
+            found, expected,
+            "the same kernel sockets, on the same addresses"
+        );
+        let successor = result.expect("the old side saw ready");
+        assert_eq!(successor.pid(), THREAD_PID);
+        let mut child = successor.hand_over();
+        child.terminate().unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "{status}");
+    }
+
+    #[tokio::test]
+    async fn in_process_a_successor_that_closes_the_pipe_without_ready_is_rolled_back() {
+        let (result, expected, found) = hand_over_in_process(Ending::CloseWithoutReady).await;
+        assert_eq!(found, expected);
+        match result.map(|_| ()) {
+            Err(UpgradeError::Exited { pid, status }) => {
+                assert_eq!((pid, status.code()), (THREAD_PID, Some(1)))
+            }
+            other => panic!("rolled back, since it never reported ready: {other:?}"),
+        }
     }
 
     #[test]

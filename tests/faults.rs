@@ -504,7 +504,7 @@ fn malformed_hand_over_variables_are_refused_before_ready() {
         ),
         ("2=tcp:127.0.0.1:0", "standard input, output or error"),
         ("3", "is not FD=KEY"),
-        ("3=udp:127.0.0.1:0", "no valid NETWORK:ADDRESS key"),
+        ("3=sctp:127.0.0.1:0", "no valid NETWORK:ADDRESS key"),
         ("30=tcp:127.0.0.1:0;30=tcp:[::1]:0", "fd 30 is named twice"),
     ];
     for (listeners, problem) in cases {
@@ -577,25 +577,39 @@ fn inherited_fds_that_are_not_the_described_listener_are_refused() {
 }
 
 #[test]
-fn variables_left_over_in_a_shell_are_refused() {
-    // As if `export`ed from an earlier run: the fds they name are whatever this process has there.
-    let mut server = Hello::start_with(
-        &hello_binary(),
-        LOCAL,
-        &Setup {
-            env: vec![
-                ("OCTOPUS_LISTENERS".into(), "3=tcp:127.0.0.1:8080".into()),
-                ("OCTOPUS_READY_FD".into(), "4".into()),
-                ("OCTOPUS_PARENT_PID".into(), "999999".into()),
-            ],
-            ..Setup::default()
-        },
-    );
-    assert!(!server.wait_first_exit().success());
-    let line = server.wait_for(&[" ERROR "]);
-    assert!(
-        line.contains("OCTOPUS_LISTENERS names fd 3, which"),
-        "{line}"
-    );
-    assert!(!server.log_text().contains("listener created"));
+fn hand_over_variables_meant_for_another_process_are_ignored() {
+    let leftovers = [
+        // As if `export`ed from an earlier run: they name another process's parent.
+        ("999999", None),
+        // As an application's own child inherits them from a generation: the pid they were
+        // meant for is another process's.
+        ("PARENT", Some("999999")),
+    ];
+    for (parent, meant_for) in leftovers {
+        let parent = parent.replace("PARENT", &std::process::id().to_string());
+        let mut env = vec![
+            ("OCTOPUS_LISTENERS".into(), "3=tcp:127.0.0.1:8080".into()),
+            ("OCTOPUS_READY_FD".into(), "4".into()),
+            ("OCTOPUS_PARENT_PID".into(), parent),
+        ];
+        env.extend(meant_for.map(|pid| ("OCTOPUS_PID".into(), pid.into())));
+        let mut server = Hello::start_with(
+            &hello_binary(),
+            LOCAL,
+            &Setup {
+                env,
+                ..Setup::default()
+            },
+        );
+        // Whatever fds 3 and 4 are in this process, they are not touched: a first start.
+        let port = server.port();
+        assert_eq!(pid_answering(port), server.first_pid());
+        let log = server.log_text();
+        assert!(
+            log.contains("listener created") && !log.contains("started by an upgrade"),
+            "{meant_for:?}: a first start:\n{log}"
+        );
+        signal(server.first_pid(), Signal::TERM);
+        assert!(server.wait_first_exit().success());
+    }
 }
