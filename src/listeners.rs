@@ -243,6 +243,11 @@ fn bind_inet_addr(address: SocketAddr, kind: Type) -> std::io::Result<OwnedFd> {
     let stream = kind == Type::STREAM;
     let protocol = if stream { Protocol::TCP } else { Protocol::UDP };
     let socket = Socket::new(Domain::for_address(address), kind, Some(protocol))?;
+    if address.ip().is_unspecified() && address.is_ipv6() {
+        // `[::]` takes IPv4 too, as Go's net.Listen does, whatever the host's
+        // net.ipv6.bindv6only default: one socket for a dual-stack server.
+        socket.set_only_v6(false)?;
+    }
     if stream {
         // Lets a fresh start bind while connections of a previous run linger in TIME_WAIT. Not
         // for UDP, where it would let two servers bind one port and split its datagrams.
@@ -371,6 +376,18 @@ mod tests {
             .tcp(ListenerKey::tcp("127.0.0.1:0"), "127.0.0.1:0")
             .unwrap();
         assert_eq!(listener.local_addr().unwrap(), address);
+    }
+
+    #[test]
+    fn the_ipv6_wildcard_takes_ipv4_too_whatever_the_host_default() {
+        let Ok(fd) = bind_inet("[::]:0", Type::STREAM) else {
+            eprintln!("no IPv6 on this host: nothing to check");
+            return;
+        };
+        let socket = socket2::Socket::from(fd);
+        assert!(!socket.only_v6().unwrap());
+        let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+        std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     }
 
     #[test]
