@@ -56,10 +56,8 @@ impl Accept for UnixListener {
     }
 
     fn accept_now(&self) -> io::Result<(UnixStream, tokio::net::unix::SocketAddr)> {
-        let (socket, _) = socket2::SockRef::from(self).accept()?;
-        socket.set_nonblocking(true)?;
-        let stream = UnixStream::from_std(socket.into())?;
-        // A peer that already left has no address to report: skip it like any aborted connection.
+        let stream = accept_unix_now(self)?;
+        // A peer without an address to report is skipped like any aborted connection.
         let peer = stream
             .peer_addr()
             .map_err(|_| io::Error::from(io::ErrorKind::ConnectionAborted))?;
@@ -69,6 +67,14 @@ impl Accept for UnixListener {
     fn describe(&self) -> String {
         local_address(self)
     }
+}
+
+/// A connection the kernel already queued on `listener`, without waiting, nor asking its peer's
+/// address.
+pub(crate) fn accept_unix_now(listener: &UnixListener) -> io::Result<UnixStream> {
+    let (socket, _) = socket2::SockRef::from(listener).accept()?;
+    socket.set_nonblocking(true)?;
+    UnixStream::from_std(socket.into())
 }
 
 /// Longest pause of an accept loop after a resource error.

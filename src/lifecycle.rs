@@ -509,6 +509,21 @@ impl Handle {
     /// before the new process's report was acted on, the new process is stopped too (SIGTERM, so
     /// it drains what it accepted) and [`UpgradeError::Cancelled`] is returned: a shutdown never
     /// leaves a successor serving unannounced.
+    ///
+    /// The result says all a program needs to act on, with or without a log subscriber: the new
+    /// pid, or the error's message, its stable [`reason`](UpgradeError::reason) and the pid of
+    /// the new process that was stopped, if one was started ([`UpgradeError::new_pid`]).
+    ///
+    /// ```no_run
+    /// use octopus::{AfterUpgrade, Handle};
+    ///
+    /// # async fn deploy(handle: Handle) {
+    /// match handle.upgrade(AfterUpgrade::Exit).await {
+    ///     Ok(pid) => println!("process {pid} serves; this one drains"),
+    ///     Err(e) => eprintln!("upgrade {} ({e}); still serving", e.reason()),
+    /// }
+    /// # }
+    /// ```
     pub async fn upgrade(&self, after: AfterUpgrade) -> Result<u32, UpgradeError> {
         self.upgrade_with(after, None).await
     }

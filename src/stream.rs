@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
-use crate::accept::Accept;
+use crate::accept::{accept_unix_now, Accept};
 
 /// A listening socket of either kind.
 #[derive(Debug)]
@@ -51,10 +51,7 @@ impl Accept for AnyListener {
                 let _ = stream.set_nodelay(true);
                 Ok((AnyStream::Tcp(stream), Some(peer)))
             }
-            AnyListener::Unix(listener) => {
-                let (stream, _) = listener.accept_now()?;
-                Ok((AnyStream::Unix(stream), None))
-            }
+            AnyListener::Unix(listener) => Ok((AnyStream::Unix(accept_unix_now(listener)?), None)),
         }
     }
 

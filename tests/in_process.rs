@@ -286,3 +286,58 @@ async fn connections_of_any_protocol_drain_and_report_what_finished_and_what_was
         "the listener is closed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_on_a_unix_socket_are_served_and_drained() {
+    use std::os::unix::net::UnixStream;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("echo.sock");
+    let octopus = only_octopus();
+    let listener = octopus.listen_unix(&path, None).unwrap();
+    let handle = octopus.handle();
+    let server = tokio::spawn(octopus.connections(listener).serve(
+        |socket, peer: tokio::net::unix::SocketAddr, draining| {
+            assert!(peer.is_unnamed(), "a client that did not bind: {peer:?}");
+            async move {
+                use tokio::io::AsyncWriteExt;
+                let mut socket = socket;
+                socket.write_all(b"hello\n").await.unwrap();
+                draining.wait().await;
+                let _ = socket.write_all(b"bye\n").await;
+            }
+        },
+    ));
+    drop(octopus);
+    let mut client = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || {
+            let mut stream = UnixStream::connect(&path).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut hello = [0u8; 6];
+            stream.read_exact(&mut hello).unwrap();
+            assert_eq!(&hello, b"hello\n");
+            stream
+        }
+    })
+    .await
+    .unwrap();
+    handle.shutdown();
+    let report = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the drain ends once the connection is done")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (report.open_at_start, report.finished, report.cut),
+        (1, 1, 0)
+    );
+    let mut rest = String::new();
+    client.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "bye\n");
+    assert!(
+        UnixStream::connect(&path).is_err(),
+        "the socket is closed, though its path stays"
+    );
+}
