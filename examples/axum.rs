@@ -25,7 +25,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use clap::Parser;
-use octopus::{Config, Handle, Octopus, Server};
+use octopus::{Handle, Octopus};
 
 mod logging;
 
@@ -119,18 +119,18 @@ async fn serve_until_exit(args: Args) -> ExitCode {
     } else {
         format!("{}:{}", args.host, args.port)
     };
-    let config = Config::new()
-        .pre_drain(Duration::from_secs_f64(args.pre_drain))
-        .drain_timeout(Duration::from_secs_f64(args.drain_timeout));
     let served = async {
         // Made here rather than by the server, so the routes can hold its handle.
-        let octopus = Octopus::new(config.clone())?;
+        let octopus = Octopus::builder()
+            .pre_drain(Duration::from_secs_f64(args.pre_drain))
+            .build()?;
         let state = AppState {
             hits: Arc::default(),
             octopus: octopus.handle(),
         };
-        Server::new(config)
-            .octopus(octopus)
+        octopus
+            .server()
+            .drain_timeout(Duration::from_secs_f64(args.drain_timeout))
             .bind(address)
             .serve(app(state))
             .await

@@ -23,7 +23,7 @@ use clap::Parser;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use octopus::{Config, Handle, Octopus, Server};
+use octopus::{Handle, Octopus};
 
 mod logging;
 
@@ -156,24 +156,24 @@ async fn serve_until_exit(args: Args) -> ExitCode {
             format!("{}:{port}", args.host)
         }
     };
-    let mut config = Config::new()
+    let mut octopus = Octopus::builder()
         .kill_master(args.kill_master)
-        .drain_timeout(Duration::from_secs_f64(args.drain_timeout))
-        .idle_grace(Duration::from_secs_f64(args.idle_grace))
         .upgrade_timeout(Duration::from_secs_f64(args.upgrade_timeout))
         .pre_drain(Duration::from_secs_f64(args.pre_drain));
     if let Some(path) = &args.pid_file {
-        config = config.pid_file(path);
+        octopus = octopus.pid_file(path);
     }
     if let Some(path) = &args.control {
-        config = config.control_socket(path);
+        octopus = octopus.control_socket(path);
     }
     let served = async {
-        let octopus = Octopus::new(config.clone())?;
+        let octopus = octopus.build()?;
         let _ = HANDLE.set(octopus.handle());
         let service = tower::service_fn(route);
-        let mut server = Server::new(config)
-            .octopus(octopus)
+        let mut server = octopus
+            .server()
+            .drain_timeout(Duration::from_secs_f64(args.drain_timeout))
+            .idle_grace(Duration::from_secs_f64(args.idle_grace))
             .bind(address(args.port));
         if let Some(path) = &args.unix {
             server = server.bind_unix(path);

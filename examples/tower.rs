@@ -1,5 +1,5 @@
 //! A hand-written tower `Service`, no framework, served gracefully in one call with
-//! [`octopus::serve`] (default [`Config`](octopus::Config): 5 s drain, signals handled).
+//! [`octopus::serve`] (the defaults: signals handled, 5 s drain).
 //!
 //! ```text
 //! cargo run --example tower -- -h 127.0.0.1 -p 3001

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use octopus::{Config, Drain, DrainReport, Octopus, Stop};
+use octopus::{Drain, DrainReport, Octopus, Stop};
 use tokio::net::UdpSocket;
 
 mod logging;
@@ -95,7 +95,7 @@ async fn serve_until_exit(args: Args) -> ExitCode {
 
 /// One generation, from adopting (or creating) the socket to the end of its drain.
 async fn run(address: &str, drain_timeout: Duration) -> Result<DrainReport, BoxError> {
-    let octopus = Octopus::new(Config::new())?;
+    let octopus = Octopus::new()?;
     let socket = Arc::new(UdpSocket::from_std(octopus.listen_udp(address)?)?);
     tracing::info!("listening on {}", socket.local_addr()?);
 

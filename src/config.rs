@@ -1,39 +1,44 @@
-//! Options of a graceful server.
+//! Options of the part that upgrades: signals, upgrades, the pre-drain, the pid file and the
+//! control socket. How connections drain is set where they are served: on a
+//! [`Server`](crate::Server) or on [`Connections`](crate::Connections).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-/// How a graceful server upgrades and shuts down.
+use crate::error::Error;
+use crate::lifecycle::Octopus;
+
+/// Starts an [`Octopus`] with options: [`Octopus::builder`].
 ///
 /// ```
 /// use std::time::Duration;
-/// use octopus::Config;
+/// use octopus::Octopus;
 ///
-/// let config = Config::new()
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), octopus::Error> {
+/// let octopus = Octopus::builder()
 ///     .kill_master(true)
-///     .drain_timeout(Duration::from_secs(10))
-///     .upgrade_timeout(Duration::from_secs(60));
-/// assert_eq!(config.get_drain_timeout(), Duration::from_secs(10));
+///     .upgrade_timeout(Duration::from_secs(60))
+///     .handle_signals(false)
+///     .build()?;
+/// # drop(octopus); Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
-pub struct Config {
+#[must_use = "an OctopusBuilder does nothing until `build` is called"]
+pub struct OctopusBuilder {
     pub(crate) kill_master: bool,
-    pub(crate) drain_timeout: Duration,
     pub(crate) upgrade_timeout: Duration,
-    pub(crate) idle_grace: Duration,
     pub(crate) handle_signals: bool,
     pub(crate) pre_drain: Duration,
-    pub(crate) pid_file: Option<std::path::PathBuf>,
-    pub(crate) control_socket: Option<std::path::PathBuf>,
+    pub(crate) pid_file: Option<PathBuf>,
+    pub(crate) control_socket: Option<PathBuf>,
     pub(crate) control_mode: u32,
 }
 
-impl Default for Config {
+impl Default for OctopusBuilder {
     fn default() -> Self {
-        Config {
+        OctopusBuilder {
             kill_master: false,
-            drain_timeout: Duration::from_secs(5),
             upgrade_timeout: Duration::from_secs(30),
-            idle_grace: Duration::from_secs(1),
             handle_signals: true,
             pre_drain: Duration::ZERO,
             pid_file: None,
@@ -43,13 +48,7 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    /// The defaults: keep the old process on SIGUSR1/SIGUSR2, drain for 5 s, wait 30 s for a new
-    /// process, give idle keep-alive connections 1 s, handle signals.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
+impl OctopusBuilder {
     /// Whether SIGUSR1 and SIGUSR2 also make the old process drain and exit once the new one is
     /// ready (SIGHUP always does). Octopus's `killMaster`. Default `false`.
     pub fn kill_master(mut self, kill_master: bool) -> Self {
@@ -57,27 +56,10 @@ impl Config {
         self
     }
 
-    /// How long a drain waits for open connections before it cuts them. Default 5 s; zero closes
-    /// them at once.
-    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.drain_timeout = timeout;
-        self
-    }
-
     /// How long a new process has to report ready before it is killed and the upgrade rolled back.
     /// Default 30 s.
     pub fn upgrade_timeout(mut self, timeout: Duration) -> Self {
         self.upgrade_timeout = timeout;
-        self
-    }
-
-    /// How long an HTTP/1 keep-alive connection that sends nothing after a drain begins is kept
-    /// open before it is closed. A request that arrives meanwhile is answered with
-    /// `Connection: close`, so a client is never cut while its next request is on the wire; so is
-    /// one whose first bytes arrived before the grace ended (or it is cut at the drain deadline).
-    /// Default 1 s (always bounded by the drain timeout).
-    pub fn idle_grace(mut self, grace: Duration) -> Self {
-        self.idle_grace = grace;
         self
     }
 
@@ -101,7 +83,7 @@ impl Config {
     /// A file naming the process that is ready and serving (for systemd's `PIDFile=` and
     /// scripts): written atomically by each generation once it serves, before the previous one
     /// hands over; removed at a shutdown by the process it names.
-    pub fn pid_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.pid_file = Some(path.into());
         self
     }
@@ -110,7 +92,7 @@ impl Config {
     /// `upgrade`, `stop`; one JSON object per line, see the crate docs), for the `octopus`
     /// command and deploy scripts. It is handed over on upgrade like a listener: the same socket,
     /// never removed and re-created. A stale socket file is replaced; a live one is an error.
-    pub fn control_socket(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+    pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
         self.control_socket = Some(path.into());
         self
     }
@@ -123,18 +105,8 @@ impl Config {
         self
     }
 
-    /// See [`Config::kill_master`].
-    pub fn get_kill_master(&self) -> bool {
-        self.kill_master
-    }
-
-    /// See [`Config::drain_timeout`].
-    pub fn get_drain_timeout(&self) -> Duration {
-        self.drain_timeout
-    }
-
-    /// See [`Config::upgrade_timeout`].
-    pub fn get_upgrade_timeout(&self) -> Duration {
-        self.upgrade_timeout
+    /// Starts the generation: see [`Octopus::new`], which is `Octopus::builder().build()`.
+    pub fn build(self) -> Result<Octopus, Error> {
+        Octopus::start(self)
     }
 }

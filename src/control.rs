@@ -378,7 +378,7 @@ async fn run(command: protocol::Command, handle: &Handle) -> Vec<u8> {
                     let report = report.ok().and_then(|r| *r).unwrap_or_default();
                     protocol::ok(json!({
                         "pid": me,
-                        "finished": report.open_at_start.saturating_sub(report.cut),
+                        "finished": report.finished,
                         "cut": report.cut,
                         "drain_ms": millis(report.elapsed),
                     }))

@@ -14,6 +14,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::trigger::{Fired, Trigger};
 
+/// How long a drain waits for open connections before it cuts them, unless told otherwise.
+pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long cut connections get to notice and close before the drain stops waiting for them.
 const AFTER_CUT: Duration = Duration::from_millis(500);
 
@@ -83,23 +86,45 @@ impl Hold {
     }
 }
 
-/// What a drain did.
+/// What a drain did: enough to act on (alert, exit status) without reading the logs.
+///
+/// `open_at_start == finished + cut`. A generation that stopped before it was ready (a shutdown
+/// during start-up, while its predecessor kept serving) reports all zeros: it served nothing.
+///
+/// ```
+/// # async fn run(server: octopus::Server) -> Result<(), octopus::Error> {
+/// # let app = axum::Router::new();
+/// let report = server.serve(app).await?;
+/// if report.cut > 0 {
+///     eprintln!(
+///         "{} of {} connections were cut after {:?}",
+///         report.cut, report.open_at_start, report.elapsed
+///     );
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DrainReport {
-    /// Connections still open when the drain started.
+    /// Connections still open when the drain started (with those the kernel had queued at a
+    /// shutdown, which are accepted and answered).
     pub open_at_start: usize,
-    /// Connections cut at the deadline.
+    /// Connections that ended by themselves before the deadline.
+    pub finished: usize,
+    /// Connections cut at the deadline: their exchange in progress was lost.
     pub cut: usize,
-    /// How long the drain took.
+    /// How long the drain took: up to the drain timeout (a little more when connections were
+    /// cut), less as soon as the last connection is done.
     pub elapsed: Duration,
 }
 
 impl DrainReport {
-    /// Adds up two drains of the same process.
+    /// Adds up two drains of the same process (after a resume, a drain that began earlier ran
+    /// beside the last one): counts add up, `elapsed` is the longer one.
     pub fn merge(self, other: DrainReport) -> DrainReport {
         DrainReport {
             open_at_start: self.open_at_start + other.open_at_start,
+            finished: self.finished + other.finished,
             cut: self.cut + other.cut,
             elapsed: self.elapsed.max(other.elapsed),
         }
@@ -179,6 +204,7 @@ impl Drain {
         }
         let report = DrainReport {
             open_at_start,
+            finished: open_at_start.saturating_sub(cut),
             cut,
             elapsed: started.elapsed(),
         };
@@ -205,7 +231,10 @@ mod tests {
             });
         }
         let report = drain.run(Duration::from_secs(10)).await;
-        assert_eq!((report.open_at_start, report.cut), (2, 0));
+        assert_eq!(
+            (report.open_at_start, report.finished, report.cut),
+            (2, 2, 0)
+        );
         assert!(report.elapsed < Duration::from_secs(2), "{report:?}");
     }
 
@@ -215,7 +244,7 @@ mod tests {
         drain.spawn(|_| std::future::pending());
         drain.spawn(|_| async {});
         let report = drain.run(Duration::from_millis(100)).await;
-        assert_eq!(report.cut, 1);
+        assert_eq!((report.finished, report.cut), (1, 1));
         assert!(report.elapsed >= Duration::from_millis(100));
         assert!(report.elapsed < Duration::from_millis(1000), "{report:?}");
         assert_eq!(drain.active(), 0);

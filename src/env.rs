@@ -1,26 +1,5 @@
 //! The hand-over protocol: what an old process tells its successor through the environment.
-//!
-//! Three variables, always set together and replaced (never appended to) at each upgrade:
-//!
-//! | variable | value | example |
-//! |---|---|---|
-//! | `OCTOPUS_LISTENERS` | `FD=KEY` pairs separated by `;` (in a key, `%` is written `%25` and `;` is written `%3B`) | `3=tcp:127.0.0.1:8080;4=unix:/run/app.sock` |
-//! | `OCTOPUS_READY_FD` | the write end of a pipe; the new process writes one byte to it once it serves | `5` |
-//! | `OCTOPUS_PARENT_PID` | the pid of the old process | `4242` |
-//!
-//! They are meant for one process, the one the old process started, which the old process names
-//! in `OCTOPUS_PID` (written between `fork` and `exec`, as systemd's `LISTEN_PID`); without
-//! `OCTOPUS_PID`, for a child of `OCTOPUS_PARENT_PID`. Any other process ignores them: the
-//! application's own child processes inherit the environment, and the fds it names are not
-//! theirs. They are never removed from the environment (`std::env::remove_var` is unsound in a
-//! process with other threads); instead a successor's environment is built with every stale
-//! one stripped.
-//!
-//! Two more, optional, variables feed the control socket's `status`: `OCTOPUS_GENERATION`
-//! numbers the generations (1 for a first start) and `OCTOPUS_UPGRADE_STARTED` says when the
-//! upgrade began (milliseconds since the epoch); a missing or malformed one is not an error.
-//!
-//! Only the fds named here cross `exec`; every other fd of the old process is close-on-exec.
+//! `docs/handover.md` (part of the crate docs) describes the variables and their values.
 
 use std::collections::HashSet;
 use std::ffi::OsString;

@@ -38,14 +38,9 @@ pub enum Error {
         key: String,
     },
 
-    /// [`Server::listener`](crate::Server::listener) was used without
-    /// [`Server::octopus`](crate::Server::octopus).
-    #[error("Server::listener needs the Octopus the listener came from: pass it with Server::octopus, or use Server::bind")]
-    ListenerWithoutOctopus,
-
     /// [`Octopus::new`](crate::Octopus::new) was called while another `Octopus` is alive in this
     /// process.
-    #[error("an Octopus already runs in this process; there is one per process, since it owns the signals and the hand-over of every listener: serve all listeners through it (clone it, or pass it to Server::octopus) rather than calling Octopus::new or octopus::serve twice")]
+    #[error("an Octopus already runs in this process; there is one per process, since it owns the signals and the hand-over of every listener: serve all listeners through it (clone it, or serve through Octopus::server) rather than calling Octopus::new or octopus::serve twice")]
     SecondInstance,
 
     /// A TLS certificate or key could not be used.
@@ -224,7 +219,36 @@ pub enum UpgradeError {
 }
 
 impl UpgradeError {
-    /// The new process's id, if one was started.
+    /// A stable name for why the upgrade did not happen, for scripts and metrics (the control
+    /// socket answers it as `reason`): `in_progress`, `stopping` and `not_ready` (refused, nothing
+    /// was started: try again later), `spawn` and `working_directory` (the new process could not
+    /// start: fix the binary or the directory), `exited`, `timeout` and `closed_without_ready` (the
+    /// new version failed to start: see its exit status, or its own logs), `cancelled` (a shutdown
+    /// came first) and `watch` (the new process could not be watched). In every case the old
+    /// process keeps serving.
+    ///
+    /// ```
+    /// use octopus::UpgradeError;
+    ///
+    /// assert_eq!(UpgradeError::InProgress.reason(), "in_progress");
+    /// assert_eq!(UpgradeError::Cancelled { pid: 42 }.reason(), "cancelled");
+    /// ```
+    pub fn reason(&self) -> &'static str {
+        match self {
+            UpgradeError::InProgress => "in_progress",
+            UpgradeError::Stopping => "stopping",
+            UpgradeError::NotReady => "not_ready",
+            UpgradeError::Spawn { .. } => "spawn",
+            UpgradeError::WorkingDirectory { .. } => "working_directory",
+            UpgradeError::Exited { .. } => "exited",
+            UpgradeError::Timeout { .. } => "timeout",
+            UpgradeError::ClosedWithoutReady { .. } => "closed_without_ready",
+            UpgradeError::Cancelled { .. } => "cancelled",
+            UpgradeError::Watch { .. } => "watch",
+        }
+    }
+
+    /// The new process's id, if one was started (it has been stopped and reaped since).
     pub fn new_pid(&self) -> Option<u32> {
         match self {
             UpgradeError::Exited { pid, .. }

@@ -15,18 +15,53 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`Server`] takes several addresses and a [`Config`]; [`Octopus`] and [`Drain`] are the
-//! protocol-agnostic layer underneath, for raw TCP or any other protocol.
+//! # With options
 //!
-//! # Signals
+//! Each option is set on the part it governs. Signals, upgrades, the pre-drain, the pid file and
+//! the control socket belong to the [`Octopus`] (one per process: it owns the signals and the
+//! hand-over), set with [`Octopus::builder`]; how connections drain belongs to the
+//! [`Server`] that serves them. A server made by [`Octopus::server`] serves through that one,
+//! and its [`Handle`] drives it from code (a readiness route, a test):
 //!
-//! | signal | behaviour |
-//! |---|---|
-//! | SIGHUP | upgrade; once the new process is ready, the old one drains and exits |
-//! | SIGUSR1, SIGUSR2 | upgrade; the old one keeps serving beside the new one, unless [`Config::kill_master`] is set |
-//! | SIGINT, SIGTERM | graceful shutdown; a second one does not cut the drain short |
+//! ```no_run
+//! use std::time::Duration;
+//! use octopus::Octopus;
 //!
-//! With [`Config::handle_signals`] off, a [`Handle`] drives the same actions from code.
+//! # #[tokio::main] async fn main() -> Result<(), octopus::Error> {
+//! let octopus = Octopus::builder()
+//!     .kill_master(true)                        // SIGUSR1/2 also retire the old process
+//!     .pre_drain(Duration::from_secs(5))        // keep accepting while /ready fails
+//!     .pid_file("/run/app/app.pid")
+//!     .build()?;                                // adopts handed-over or systemd sockets
+//! let handle = octopus.handle();                // handle.is_draining() for a /ready route
+//! # let app = axum::Router::new();
+//! let report = octopus
+//!     .server()
+//!     .bind("127.0.0.1:8080")
+//!     .bind_unix("/run/app/app.sock")
+//!     .drain_timeout(Duration::from_secs(10))
+//!     .serve(app)
+//!     .await?;
+//! if report.cut > 0 {
+//!     eprintln!("{} connections cut at the drain deadline", report.cut);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Any other protocol over TCP or Unix sockets is served the same way by
+//! [`Octopus::connections`], with a closure per connection ([`Connections`]); [`Drain`] tracks
+//! connection tasks with a deadline for whatever else.
+//!
+//! # Without a subscriber, silence
+//!
+//! Octopus logs through `tracing` ([Log events](#log-events) lists them): a program that installs
+//! no subscriber sees nothing during an upgrade or a drain. What it needs to act on is returned
+//! instead: [`Handle::upgrade`] gives the new pid, or an [`UpgradeError`] whose
+//! [`reason`](UpgradeError::reason) is a stable code (the old process keeps serving either way);
+//! [`Server::serve`] and [`Connections::serve`] give a [`DrainReport`]: connections finished,
+//! cut, and how long the drain took.
+//!
+#![doc = include_str!("../docs/signals.md")]
 //!
 //! # The lifecycle of an upgrade
 //!
@@ -60,75 +95,11 @@
 //! so an upgrade signal cannot kill it while it starts. One [`Octopus`] per process: it owns the
 //! signals and every listener's hand-over ([`Error::SecondInstance`] otherwise).
 //!
-//! # The hand-over protocol
-//!
-//! Three environment variables, set together by the old process and honoured only by the
-//! process it started (named in `OCTOPUS_PID`, as systemd's `LISTEN_PID`), so the application's
-//! own child processes, which inherit them, ignore them:
-//!
-//! | variable | value |
-//! |---|---|
-//! | `OCTOPUS_LISTENERS` | `FD=KEY` pairs separated by `;`, e.g. `3=tcp:127.0.0.1:8080;4=name:admin` (`%` and `;` in a key are written `%25` and `%3B`) |
-//! | `OCTOPUS_READY_FD` | the write end of a pipe; the new process writes one byte once it serves |
-//! | `OCTOPUS_PARENT_PID` | the old process's pid |
-//!
-//! A key is the network (`tcp`, `udp`, `unix` or `name`) and the address *as asked for*, so
-//! `127.0.0.1:0` gets the same socket (and port) in every generation. Each inherited fd is checked
-//! before it is used: it must be open, a listening stream socket (a datagram socket for `udp`) on
-//! the asked-for address; the readiness fd must be a pipe open for writing. Anything else stops the new process with an [`InheritError`] naming the
-//! variable and the fd, before it reports ready, so the old process rolls back.
-//!
-//! # The control socket
-//!
-//! With [`Config::control_socket`], the generation that serves answers commands on a Unix stream
-//! socket (the `octopus` command of this repository's `cli/` drives it). The socket file is
-//! created with mode 0600 ([`Config::control_mode`]); a stale file is replaced, a live one is an
-//! error. It is handed over on upgrade like a listener (the same socket, never re-created), so
-//! its path always reaches the generation that serves; a client accepted by an older generation
-//! is still answered by it. Every client's credentials (`SO_PEERCRED`) are checked: only the
-//! server's own user and root are served, others get an error (and a warning is logged).
-//!
-//! Protocol version 1: one JSON object per line, each way; several commands may follow on one
-//! connection. Every answer carries `"v":1` and `"ok"`; a failure has `"error"` (a sentence) and,
-//! for an upgrade, `"reason"` (a stable code).
-//!
-//! | command | answer (besides `"v"` and `"ok"`) |
-//! |---|---|
-//! | `{"v":1,"cmd":"status"}` | `pid`, `parent_pid` (if alive), `state` (`starting`, `serving`, `upgrading`, `pre-draining`, `draining`), `uptime_ms`, `generation` (1 for a first start), `listeners` (each `key`, `address`, `connections`, `in_flight`), `beside_pid` (a successor kept beside this process), `last_upgrade` (`ok`, `pid`, `duration_ms`, `at`, or `error` and `reason`), `drain_deadline` (RFC 3339, while draining) |
-//! | `{"v":1,"cmd":"upgrade","keep_old":false,"timeout":30}` | answered once it is over (the new process is ready, and the old one's [`Server`] has stopped accepting: every connection made after the answer reaches the new process): `pid` (the new process), `old_pid`, `duration_ms`, `old` (`draining`, or `serving` with `keep_old`); or `ok:false` with `reason` `in_progress`, `stopping`, `not_ready`, `spawn`, `working_directory`, `exited` (with `exit_code` or `signal`), `timeout`, `closed_without_ready`, `cancelled` or `watch` |
-//! | `{"v":1,"cmd":"stop","wait":true}` | a graceful shutdown; `pid` and `state` at once, or with `wait`, once the drain is over: `finished`, `cut`, `drain_ms` |
-//!
-//! Bad input is answered with an error (not JSON, an unknown command or option, another version)
-//! or closes the connection (a line over 64 KiB; nothing sent for 10 s, after an error line). At
-//! most 64 clients are served at once; more are answered `busy` and closed at once. None of it
-//! touches the request path: per-listener counts are kept per connection, taken at accept and
-//! released at close, and a request only counts itself in its own connection's counter.
-//!
-//! # Log events
-//!
-//! Through `tracing`, with stable messages (fields such as `pid=` follow them):
-//!
-//! | when | message |
-//! |---|---|
-//! | a listener is bound, inherited, or taken from systemd | `listener created`, `listener adopted`, `listener adopted from systemd` |
-//! | [`Server`] serves it | `listening on ADDRESS` |
-//! | an inherited Unix socket's path was removed while serving (warning, `path=`) | `the Unix socket path was removed while serving, so nobody could connect; re-creating it`, then `listening on a new socket at the path; …` or `cannot re-create the Unix socket path (ERROR); …` |
-//! | an inherited Unix socket's path leads elsewhere (warning, `path=`) | `the Unix socket path is not a socket any more; …`, `the Unix socket path was removed while serving and another socket file is there now; …` |
-//! | [`Octopus::ready`] | `server started` (`pid=`), and in a new process `reported ready to the old process` or `the old process is gone; serving alone` |
-//! | a shutdown began before [`Octopus::ready`] | `a shutdown began before this process was ready; not reporting ready`, then from [`Server`] `server shut down before it was ready; the old process keeps serving` |
-//! | a signal arrives | `signal received: SIGHUP` (or `SIGUSR1`, …) |
-//! | an upgrade | `new process spawned`, then `new process ready`, then `old process draining; new process N serves` or `old process kept alive beside new process N` |
-//! | an upgrade that fails | `upgrade failed; the old process keeps serving: REASON` (exit status or signal, timeout, OS error, working directory gone) |
-//! | a new process stopped by the old one | `new process N stopped and reaped (STATUS)`, or `new process N did not exit within T of SIGTERM; killing it` then `new process reaped` |
-//! | a new process ready after the old one began its shutdown (warning) | `new process N reported ready after this process began shutting down; stopping it`, then `upgrade cancelled by shutdown; new process N was stopped and reaped` |
-//! | a new process dropped before it took over (warning; a bug if ever seen) | `new process N abandoned before it took over; killing and reaping it` |
-//! | an upgrade that is not started | `upgrade refused: REASON` (one in flight, not serving yet, stopping) |
-//! | a successor that dies while this process drains | `new process N died after it was ready (STATUS); resuming accepting` |
-//! | a shutdown | `graceful shutdown started`, `already stopping; the drain under way goes on` for a repeat, `shutdown asked after the hand-over to process N, which serves; this process goes on draining` after a hand-over |
-//! | a drain | `draining connections; deadline TIME` (UTC wall clock), then `drain complete; every connection finished` or `drain deadline reached; cut N connections` |
-//! | a control client of another user (warning, `uid=`) | `control connection refused: user N is neither this server's user (M) nor root` |
-//! | a command on the control socket | `upgrade asked on the control socket`, `stop asked on the control socket` |
-//! | the end | `server shut down` |
+#![doc = include_str!("../docs/handover.md")]
+#![doc = ""]
+#![doc = include_str!("../docs/control.md")]
+#![doc = ""]
+#![doc = include_str!("../docs/logs.md")]
 #![cfg(unix)]
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -142,6 +113,7 @@ mod drain;
 mod env;
 mod error;
 mod fds;
+mod generation;
 mod key;
 mod lifecycle;
 mod listeners;
@@ -157,12 +129,13 @@ mod tls;
 mod trigger;
 mod upgrade;
 
-pub use config::Config;
+pub use config::OctopusBuilder;
 pub use connection::HttpService;
 pub use drain::{Drain, DrainReport, Draining, Hold};
 pub use error::{Error, InheritError, UpgradeError};
+pub use generation::{Connections, Listener};
 pub use lifecycle::{AfterUpgrade, Handle, Octopus, Stop};
-pub use serve::{serve, Server};
+pub use serve::{serve, OwnOctopus, Server};
 #[cfg(feature = "tls")]
 pub use tls::tls_config_from_files;
 /// The rustls crate, for building a TLS configuration by hand.

@@ -12,18 +12,20 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::activation::{self, Activated};
-use crate::config::Config;
+use crate::config::OctopusBuilder;
 use crate::control::{self, Facts, Gate, ListenerStats};
-use crate::drain::DrainReport;
+use crate::drain::{DrainReport, DEFAULT_DRAIN_TIMEOUT};
 use crate::env::{Handover, LISTENERS_VAR, READY_FD_VAR};
 use crate::error::{Error, UpgradeError};
 use crate::fds;
+use crate::generation::{Connections, Listener};
 use crate::key::ListenerKey;
 use crate::listeners::Registry;
 use crate::notify;
 use crate::pidfile;
 use crate::process::{ChildProcess, OsChild, OsSpawner, StartInfo};
 use crate::readiness;
+use crate::serve::Server;
 use crate::signals::{self, Action};
 pub use crate::upgrade::AfterUpgrade;
 use crate::upgrade::Upgrader;
@@ -115,42 +117,34 @@ impl Drop for Inner {
     }
 }
 
-/// One generation of a gracefully upgradable server: the low-level, protocol-agnostic layer.
+/// One generation of a gracefully upgradable server: its listeners, upgrades, signals and
+/// shutdown, for any protocol. Options that govern upgrades and signals are set on
+/// [`Octopus::builder`]; how connections drain is set where they are served.
+///
+/// Serve HTTP through it with [`Octopus::server`], any other protocol with
+/// [`Octopus::connections`]:
 ///
 /// ```no_run
-/// use octopus::{Config, Drain, Octopus, Stop};
 /// use std::time::Duration;
+/// use octopus::Octopus;
 ///
-/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # #[tokio::main] async fn main() -> Result<(), octopus::Error> {
 /// // Installs the signal handlers and adopts the listeners of the previous process, if any.
-/// let octopus = Octopus::new(Config::new())?;
-/// let listener = tokio::net::TcpListener::from_std(octopus.listen_tcp("127.0.0.1:7000")?)?;
-/// let drain = Drain::new();
-/// // Before the first accept: the previous process, if any, may now hand over and drain.
-/// octopus.ready()?;
-/// let stop = loop {
-///     tokio::select! {
-///         stop = octopus.stopped() => break stop,
-///         Ok((socket, _)) = listener.accept() => drain.spawn(|draining| async move {
-///             // Serve `socket`; once `draining.wait()` resolves, finish the exchange and close.
-///             # let _ = (socket, draining);
-///         }),
-///     }
-/// };
-/// if stop == Stop::Shutdown {
-///     // Refuse new connections. After an upgrade, keep the socket: the successor serves it,
-///     // and `octopus.resumed()` tells if it dies while this process still drains.
-///     octopus.close_listeners();
-///     drop(listener);
-/// }
-/// drain.run(Duration::from_secs(5)).await;
-/// octopus.settle().await;
+/// let octopus = Octopus::builder().pid_file("/run/app/app.pid").build()?;
+/// let handle = octopus.handle(); // for a readiness route: handle.is_draining()
+/// # let app = axum::Router::new();
+/// octopus
+///     .server()
+///     .bind("127.0.0.1:8080")
+///     .drain_timeout(Duration::from_secs(10))
+///     .serve(app)
+///     .await?;
 /// # Ok(()) }
 /// ```
 ///
-/// `examples/echo.rs` is the complete version, resuming included. [`Config::drain_timeout`] and
-/// the `server shut down` log line belong to [`Server`](crate::Server); at this level, pass the
-/// timeout to [`Drain::run`](crate::Drain::run) and log the end yourself.
+/// The steps those take ([`Octopus::ready`], [`Octopus::stopped`], [`Octopus::resumed`],
+/// [`Octopus::close_listeners`], [`Octopus::settle`]) are public too, for a server that does not
+/// accept connections (a datagram socket, say).
 #[derive(Clone)]
 pub struct Octopus {
     inner: Arc<Inner>,
@@ -181,8 +175,21 @@ impl Octopus {
     ///
     /// One `Octopus` per process: it owns the signals and the hand-over, so a second one while the
     /// first is alive fails with [`Error::SecondInstance`]. Serve every listener through the same
-    /// one (clone it, or give it to [`Server::octopus`](crate::Server::octopus)).
-    pub fn new(config: Config) -> Result<Self, Error> {
+    /// one (clone it, or serve through [`Octopus::server`]).
+    ///
+    /// The defaults: signals handled, SIGUSR1/SIGUSR2 keep the old process, 30 s for a new
+    /// process to be ready, no pre-drain, no pid file, no control socket. [`Octopus::builder`]
+    /// sets them.
+    pub fn new() -> Result<Self, Error> {
+        Self::start(OctopusBuilder::default())
+    }
+
+    /// Options for a generation, then [`OctopusBuilder::build`].
+    pub fn builder() -> OctopusBuilder {
+        OctopusBuilder::default()
+    }
+
+    pub(crate) fn start(config: OctopusBuilder) -> Result<Self, Error> {
         tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         if INSTANCE
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -229,7 +236,7 @@ impl Octopus {
     }
 
     fn assemble(
-        config: &Config,
+        config: &OctopusBuilder,
         inherited: Vec<(ListenerKey, OwnedFd)>,
         activated: Vec<Activated>,
         parent: Option<Parent>,
@@ -240,7 +247,7 @@ impl Octopus {
             OsSpawner,
             start,
             config.upgrade_timeout,
-            config.drain_timeout,
+            DEFAULT_DRAIN_TIMEOUT,
         );
         let parent_pid = parent.as_ref().map(|p| p.pid);
         let control_key = config
@@ -456,6 +463,24 @@ impl Octopus {
         self.inner.registry.close_all();
     }
 
+    /// An HTTP server that serves through this generation, so it may be given listeners asked of
+    /// it ([`Server::listener`]).
+    pub fn server(&self) -> Server<Octopus> {
+        Server::through(self.clone())
+    }
+
+    /// Serves the connections of any protocol on `listener` (one this generation returned)
+    /// through this generation: see [`Connections`].
+    pub fn connections<L: Listener>(&self, listener: L) -> Connections<L> {
+        Connections::new(self, listener)
+    }
+
+    /// How long a successor this process stops gets before it is killed: the drain timeout of
+    /// the server that serves through this generation.
+    pub(crate) fn set_drain_timeout(&self, timeout: std::time::Duration) {
+        self.inner.upgrader.set_drain_timeout(timeout);
+    }
+
     /// Counts the connections of the listener at `address` for the control socket's `status`.
     pub(crate) fn track_listener(&self, address: String) -> Arc<ListenerStats> {
         self.inner.facts.track_listener(address)
@@ -502,6 +527,21 @@ impl Handle {
     /// before the new process's report was acted on, the new process is stopped too (SIGTERM, so
     /// it drains what it accepted) and [`UpgradeError::Cancelled`] is returned: a shutdown never
     /// leaves a successor serving unannounced.
+    ///
+    /// The result says all a program needs to act on, with or without a log subscriber: the new
+    /// pid, or the error's message, its stable [`reason`](UpgradeError::reason) and the pid of
+    /// the new process that was stopped, if one was started ([`UpgradeError::new_pid`]).
+    ///
+    /// ```no_run
+    /// use octopus::{AfterUpgrade, Handle};
+    ///
+    /// # async fn deploy(handle: Handle) {
+    /// match handle.upgrade(AfterUpgrade::Exit).await {
+    ///     Ok(pid) => println!("process {pid} serves; this one drains"),
+    ///     Err(e) => eprintln!("upgrade {} ({e}); still serving", e.reason()),
+    /// }
+    /// # }
+    /// ```
     pub async fn upgrade(&self, after: AfterUpgrade) -> Result<u32, UpgradeError> {
         self.upgrade_with(after, None).await
     }
@@ -644,7 +684,7 @@ impl Handle {
 
     /// Starts a graceful shutdown: [`Octopus::stopped`] resolves with [`Stop::Shutdown`], and an
     /// upgrade in flight is cancelled (its new process stopped and reaped). With a
-    /// [`Config::pre_drain`] delay, the process first keeps accepting for that long while
+    /// [`OctopusBuilder::pre_drain`] delay, the process first keeps accepting for that long while
     /// [`Handle::is_draining`] reports `true`. Asking again while stopping changes nothing: the
     /// drain already under way is not cut short.
     pub fn shutdown(&self) {
@@ -857,7 +897,7 @@ mod tests {
     }
 
     /// A generation as if started by an upgrade, and the read end of its readiness pipe.
-    fn started_by_upgrade_with(config: &Config) -> (Octopus, OwnedFd) {
+    fn started_by_upgrade_with(config: &OctopusBuilder) -> (Octopus, OwnedFd) {
         let (read, write) = readiness::pipe().unwrap();
         let parent = Parent {
             pid: 1,
@@ -869,7 +909,7 @@ mod tests {
     }
 
     fn started_by_upgrade() -> (Octopus, OwnedFd) {
-        started_by_upgrade_with(&Config::new())
+        started_by_upgrade_with(&Octopus::builder())
     }
 
     fn reported_ready(read: &OwnedFd) -> bool {
@@ -925,7 +965,14 @@ mod tests {
         // The successor reports ready, then would serve for a minute.
         let script = "printf R > /dev/fd/$OCTOPUS_READY_FD && exec sleep 60";
         let start = start_info("/bin/sh", &["-c", script]);
-        let octopus = Octopus::assemble(&Config::new(), Vec::new(), Vec::new(), None, start, false);
+        let octopus = Octopus::assemble(
+            &Octopus::builder(),
+            Vec::new(),
+            Vec::new(),
+            None,
+            start,
+            false,
+        );
         octopus.ready().unwrap();
         let handle = octopus.handle();
         // The shutdown arrives exactly after the ready report was read, before it is acted on.
@@ -964,7 +1011,7 @@ mod tests {
             .path()
             .join(format!(".app.pid.{}.tmp", std::process::id()));
         rustix::fs::mkfifoat(rustix::fs::CWD, &staged, rustix::fs::Mode::from(0o600)).unwrap();
-        let (octopus, read) = started_by_upgrade_with(&Config::new().pid_file(&pid_file));
+        let (octopus, read) = started_by_upgrade_with(&Octopus::builder().pid_file(&pid_file));
         let handle = octopus.handle();
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let reporting = std::thread::spawn(move || {
@@ -998,15 +1045,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_second_octopus_in_one_process_is_refused_until_the_first_is_gone() {
-        let config = Config::new().handle_signals(false);
-        let first = Octopus::new(config.clone()).unwrap();
-        let err = Octopus::new(config.clone())
+        let config = Octopus::builder().handle_signals(false);
+        let first = config.clone().build().unwrap();
+        let err = config
+            .clone()
+            .build()
             .err()
             .expect("a second one is refused");
         assert!(matches!(err, Error::SecondInstance), "{err}");
         assert!(err.to_string().contains("one per process"), "{err}");
         drop(first);
-        drop(Octopus::new(config).expect("the slot is free once the first is dropped"));
+        drop(
+            config
+                .build()
+                .expect("the slot is free once the first is dropped"),
+        );
     }
 
     #[tokio::test]
@@ -1043,7 +1096,7 @@ mod tests {
 
     #[tokio::test]
     async fn pre_drain_keeps_accepting_while_reporting_draining() {
-        let config = Config::new().pre_drain(std::time::Duration::from_millis(200));
+        let config = Octopus::builder().pre_drain(std::time::Duration::from_millis(200));
         let (octopus, _read) = started_by_upgrade_with(&config);
         octopus.ready().unwrap();
         let handle = octopus.handle();

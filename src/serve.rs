@@ -1,22 +1,21 @@
 //! The one-call HTTP entry: serve a tower service (an axum `Router` as is) gracefully, on TCP,
 //! Unix domain sockets and TLS.
 
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use crate::accept::{accept_loop, accept_queued};
-use crate::config::Config;
+use crate::accept::Accept;
 use crate::connection::{serve_connection, HttpService};
 use crate::control::ListenerStats;
-use crate::drain::{Drain, DrainReport};
+use crate::drain::{Drain, DrainReport, DEFAULT_DRAIN_TIMEOUT};
 use crate::error::Error;
-use crate::lifecycle::{Octopus, Reported, Stop};
+use crate::generation::{self, Served};
+use crate::lifecycle::Octopus;
 use crate::stream::{AnyListener, AnyStream};
 #[cfg(feature = "tls")]
 use crate::tls::Handshake;
@@ -26,29 +25,56 @@ use crate::tls::Handshake;
 #[derive(Clone)]
 enum Handshake {}
 
+/// How long an idle keep-alive connection is kept once a drain began, unless told otherwise.
+const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(1);
+
 /// Serves a tower service over HTTP/1 and HTTP/2 on one or more addresses, gracefully.
 ///
+/// Made by [`Server::new`], it starts its own [`Octopus`] (with the default options) when it
+/// serves:
+///
 /// ```no_run
-/// use octopus::{Config, Server};
+/// use octopus::Server;
 /// use std::time::Duration;
 ///
 /// # #[tokio::main] async fn main() -> Result<(), octopus::Error> {
 /// let app = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong\n" }));
-/// Server::new(Config::new().kill_master(true).drain_timeout(Duration::from_secs(10)))
+/// Server::new()
 ///     .bind("127.0.0.1:8080")
 ///     .bind("[::1]:8080")
+///     .drain_timeout(Duration::from_secs(10))
 ///     .serve(app)
 ///     .await?;
 /// # Ok(()) }
 /// ```
-#[derive(Default)]
-pub struct Server {
-    config: Config,
+///
+/// Made by [`Octopus::server`], it serves through that one: its options (signals, upgrades,
+/// pid file, control socket) apply, its [`Handle`](crate::Handle) drives this server, and
+/// listeners asked of it can be served ([`Server::listener`]). A listener cannot be given to a
+/// server that would not hand it over:
+///
+/// ```compile_fail,E0599
+/// # async fn f(app: axum::Router) {
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// octopus::Server::new().listener(listener).serve(app).await;
+/// # }
+/// ```
+#[must_use = "a Server does nothing until `serve` is awaited"]
+pub struct Server<O = OwnOctopus> {
+    /// `None` until [`Server::serve`] starts one, for a [`Server<OwnOctopus>`].
+    octopus: Option<Octopus>,
     endpoints: Vec<Endpoint>,
     unix_mode: Option<u32>,
     header_read_timeout: Option<Duration>,
-    octopus: Option<Octopus>,
+    drain_timeout: Duration,
+    idle_grace: Duration,
+    through: PhantomData<O>,
 }
+
+/// Marks a [`Server`] that starts its own [`Octopus`], with the default options, when it serves
+/// ([`Server::new`]). A `Server<Octopus>` serves through one made beforehand ([`Octopus::server`]).
+#[derive(Debug)]
+pub struct OwnOctopus(());
 
 /// Where to listen, as asked for.
 enum Endpoint {
@@ -59,8 +85,8 @@ enum Endpoint {
     Tls(String, Arc<tokio_rustls::rustls::ServerConfig>),
 }
 
-/// Serves `service` on `address` with the default [`Config`] until a graceful shutdown: the
-/// counterpart of Octopus's `GracefulServe(server, killMaster)`.
+/// Serves `service` on `address` until a graceful shutdown, with the defaults of [`Server`] and
+/// [`Octopus`]: the counterpart of Octopus's `GracefulServe(server, killMaster)`.
 ///
 /// ```no_run
 /// # #[tokio::main] async fn main() -> Result<(), octopus::Error> {
@@ -69,43 +95,42 @@ enum Endpoint {
 /// # Ok(()) }
 /// ```
 pub async fn serve<S: HttpService>(address: &str, service: S) -> Result<DrainReport, Error> {
-    Server::new(Config::new())
-        .bind(address)
-        .serve(service)
-        .await
+    Server::new().bind(address).serve(service).await
 }
 
 impl Server {
-    /// A server with `config` and no address yet.
-    pub fn new(config: Config) -> Self {
-        Server {
-            config,
-            ..Server::default()
-        }
+    /// A server with no address yet, that starts its own [`Octopus`] when it serves.
+    pub fn new() -> Self {
+        Server::with(None)
+    }
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server::new()
+    }
+}
+
+impl Server<Octopus> {
+    /// A server that serves through `octopus`: [`Octopus::server`].
+    pub(crate) fn through(octopus: Octopus) -> Self {
+        Server::with(Some(octopus))
     }
 
-    /// Serves through an [`Octopus`] made beforehand, for example to keep its [`Handle`](crate::Handle)
-    /// or to ask it for listeners given to [`Server::listener`]. Its own [`Config`] governs signals
-    /// and upgrades; this server's governs the drain.
-    pub fn octopus(mut self, octopus: Octopus) -> Self {
-        self.octopus = Some(octopus);
-        self
-    }
-
-    /// Adds a listener obtained from the [`Octopus`] given to [`Server::octopus`] (only those are
-    /// handed over on upgrade).
+    /// Adds a listener asked of the [`Octopus`] this server serves through (with
+    /// [`Octopus::listen_tcp`] or [`Octopus::listen_tcp_named`]), for example to learn the port
+    /// picked for `127.0.0.1:0` before serving.
     ///
     /// ```no_run
-    /// use octopus::{Config, Octopus, Server};
+    /// use octopus::Octopus;
     ///
     /// # #[tokio::main] async fn main() -> Result<(), octopus::Error> {
-    /// let config = Config::new().handle_signals(false);
-    /// let octopus = Octopus::new(config.clone())?;
+    /// let octopus = Octopus::builder().handle_signals(false).build()?;
     /// let listener = octopus.listen_tcp("127.0.0.1:0")?;
     /// println!("serving on {:?}", listener.local_addr());
     /// let handle = octopus.handle();
     /// # let app = axum::Router::new();
-    /// let server = tokio::spawn(Server::new(config).octopus(octopus).listener(listener).serve(app));
+    /// let server = tokio::spawn(octopus.server().listener(listener).serve(app));
     /// handle.shutdown();
     /// server.await.unwrap()?;
     /// # Ok(()) }
@@ -113,6 +138,20 @@ impl Server {
     pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
         self.endpoints.push(Endpoint::Listener(listener));
         self
+    }
+}
+
+impl<O> Server<O> {
+    fn with(octopus: Option<Octopus>) -> Self {
+        Server {
+            octopus,
+            endpoints: Vec::new(),
+            unix_mode: None,
+            header_read_timeout: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            idle_grace: DEFAULT_IDLE_GRACE,
+            through: PhantomData,
+        }
     }
 
     /// Adds a `HOST:PORT` to listen on (port 0: any free port, kept across upgrades).
@@ -131,6 +170,36 @@ impl Server {
         self
     }
 
+    /// Adds a TLS listener on `HOST:PORT`, with a configuration such as
+    /// [`tls_config_from_files`](crate::tls_config_from_files) makes (ALPN `h2` and `http/1.1`).
+    #[cfg(feature = "tls")]
+    pub fn bind_tls(
+        mut self,
+        address: impl Into<String>,
+        config: Arc<tokio_rustls::rustls::ServerConfig>,
+    ) -> Self {
+        self.endpoints.push(Endpoint::Tls(address.into(), config));
+        self
+    }
+
+    /// How long a drain waits for in-flight requests before it cuts their connections. Default
+    /// 5 s; zero cuts them at once. A new process this one has to stop (a failed or cancelled
+    /// upgrade) is given as long, plus a second, to drain what it accepted before it is killed.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// How long an HTTP/1 keep-alive connection that sends nothing after a drain begins is kept
+    /// open before it is closed. A request that arrives meanwhile is answered with
+    /// `Connection: close`, so a client is never cut while its next request is on the wire; so is
+    /// one whose first bytes arrived before the grace ended (or it is cut at the drain deadline).
+    /// Default 1 s (always bounded by the drain timeout).
+    pub fn idle_grace(mut self, grace: Duration) -> Self {
+        self.idle_grace = grace;
+        self
+    }
+
     /// Closes an HTTP/1 connection whose request head takes longer than `timeout` to arrive
     /// (slow-loris clients). Off by default, as in hyper: it costs a timer per request, and a drain
     /// bounds such connections anyway by its deadline.
@@ -146,182 +215,84 @@ impl Server {
         self
     }
 
-    /// Adds a TLS listener on `HOST:PORT`, with a configuration such as
-    /// [`tls_config_from_files`](crate::tls_config_from_files) makes (ALPN `h2` and `http/1.1`).
-    #[cfg(feature = "tls")]
-    pub fn bind_tls(
-        mut self,
-        address: impl Into<String>,
-        config: Arc<tokio_rustls::rustls::ServerConfig>,
-    ) -> Self {
-        self.endpoints.push(Endpoint::Tls(address.into(), config));
-        self
-    }
-
     /// Serves until this generation stops (shutdown, or hand-over to a new process), then drains.
-    /// Returns once the drain is over; the caller then exits with status 0.
+    /// Returns once the drain is over, with what it did; the caller then exits with status 0.
+    ///
+    /// Fails only before the first connection: a listener cannot be made, or the pid file or the
+    /// readiness report fails (the previous process, if any, then keeps serving).
     pub async fn serve<S: HttpService>(self, service: S) -> Result<DrainReport, Error> {
         let octopus = match self.octopus {
             Some(octopus) => octopus,
-            None if !self
-                .endpoints
-                .iter()
-                .any(|e| matches!(e, Endpoint::Listener(_))) =>
-            {
-                Octopus::new(self.config.clone())?
-            }
-            None => return Err(Error::ListenerWithoutOctopus),
+            None => Octopus::new()?,
+        };
+        let http = Http {
+            builder: Arc::new(http_builder(self.header_read_timeout)),
+            service,
+            idle_grace: self.idle_grace.min(self.drain_timeout),
         };
         let mut listeners = Vec::with_capacity(self.endpoints.len());
         for endpoint in self.endpoints {
-            open(&octopus, endpoint, self.unix_mode, &mut listeners)?;
-        }
-        let mut http = Http {
-            builder: Arc::new(http_builder(self.header_read_timeout)),
-            service,
-            drain: Drain::new(),
-            idle_grace: self.config.idle_grace.min(self.config.drain_timeout),
-        };
-        let drain_timeout = self.config.drain_timeout;
-        let mut earlier_drains: Vec<JoinHandle<DrainReport>> = Vec::new();
-        // Ready before the first accept: whatever can fail fails before this process holds a
-        // connection, and the previous process serves the shared sockets until then.
-        if octopus.report_ready()?
-            == (Reported::Declined {
-                parent_serves: true,
-            })
-        {
-            octopus.settle().await;
-            tracing::info!(
-                pid = std::process::id(),
-                "server shut down before it was ready; the old process keeps serving"
-            );
-            return Ok(DrainReport::default());
-        }
-        let report = loop {
-            let stop_accepting = CancellationToken::new();
-            let accept_loops: Vec<_> = listeners
-                .drain(..)
-                .map(|open: Open| {
-                    let http = http.clone();
-                    let (tls, stats) = (open.tls.clone(), open.stats.clone());
-                    let accepting = tokio::spawn(accept_loop(
-                        open.listener,
-                        stop_accepting.clone(),
-                        move |stream, peer| {
-                            http.spawn_connection(stream, peer, tls.clone(), &stats)
-                        },
-                    ));
-                    (accepting, open.tls, open.stats)
-                })
-                .collect();
-            let stop = octopus.stopped().await;
-            stop_accepting.cancel();
-            for (accept_loop, tls, stats) in accept_loops {
-                if let Ok(listener) = accept_loop.await {
-                    listeners.push(Open {
-                        listener,
-                        tls,
-                        stats,
-                    });
-                }
-            }
-            octopus.note_drain(Some(SystemTime::now() + drain_timeout));
-            if stop == Stop::Shutdown {
-                octopus.close_listeners();
-                for open in listeners.drain(..) {
-                    accept_queued(&open.listener, |stream, peer| {
-                        http.spawn_connection(stream, peer, open.tls.clone(), &open.stats)
-                    });
-                }
-                break http.drain.run(drain_timeout).await;
-            }
-            let drain = http.drain.clone();
-            let mut draining = tokio::spawn(async move { drain.run(drain_timeout).await });
-            tokio::select! {
-                report = &mut draining => break report.unwrap_or_default(),
-                () = octopus.resumed() => {
-                    octopus.note_drain(None);
-                    earlier_drains.push(draining);
-                    http.drain = Drain::new();
-                }
-            }
-        };
-        let mut report = report;
-        for earlier in earlier_drains {
-            if let Ok(earlier) = earlier.await {
-                report = report.merge(earlier);
+            for (listener, tls) in open(&octopus, endpoint, self.unix_mode)? {
+                let stats = octopus.track_listener(listener.describe());
+                listeners.push(Served {
+                    listener,
+                    connection: http.connection(tls, stats),
+                });
             }
         }
-        octopus.publish_drain(report);
-        octopus.settle().await;
-        tracing::info!(
-            pid = std::process::id(),
-            cut = report.cut,
-            "server shut down"
-        );
-        Ok(report)
+        generation::run(&octopus, listeners, self.drain_timeout).await
     }
 }
 
 struct Http<S> {
     builder: Arc<auto::Builder<TokioExecutor>>,
     service: S,
-    drain: Drain,
     idle_grace: Duration,
 }
 
-impl<S: Clone> Clone for Http<S> {
-    fn clone(&self) -> Self {
-        Http {
-            builder: self.builder.clone(),
-            service: self.service.clone(),
-            drain: self.drain.clone(),
-            idle_grace: self.idle_grace,
-        }
-    }
-}
-
 impl<S: HttpService> Http<S> {
-    fn spawn_connection(
+    /// What serves each connection of one listener: a task of the current drain.
+    fn connection(
         &self,
-        stream: AnyStream,
-        peer: Option<std::net::SocketAddr>,
         tls: Option<Handshake>,
-        stats: &Arc<ListenerStats>,
-    ) {
-        let slot = stats.open();
+        stats: Arc<ListenerStats>,
+    ) -> impl FnMut(AnyStream, Option<std::net::SocketAddr>, &Drain) + Send + 'static {
         let builder = self.builder.clone();
         let service = self.service.clone();
-        let drain = self.drain.clone();
         let idle_grace = self.idle_grace;
-        self.drain.spawn(move |draining| async move {
-            let in_flight = slot.in_flight();
-            let served = match tls {
-                None => {
-                    serve_connection(
-                        &builder, stream, service, drain, draining, idle_grace, in_flight,
-                    )
-                    .await
-                }
-                #[cfg(feature = "tls")]
-                Some(tls) => match tls.accept(stream).await {
-                    Ok(stream) => {
+        move |stream, peer, drain| {
+            let slot = stats.open();
+            let (builder, service, tls) = (builder.clone(), service.clone(), tls.clone());
+            let drain_handle = drain.clone();
+            drain.spawn(move |draining| async move {
+                let drain = drain_handle;
+                let in_flight = slot.in_flight();
+                let served = match tls {
+                    None => {
                         serve_connection(
                             &builder, stream, service, drain, draining, idle_grace, in_flight,
                         )
                         .await
                     }
-                    Err(e) => Err(format!("TLS handshake failed: {e}").into()),
-                },
-                #[cfg(not(feature = "tls"))]
-                Some(never) => match never {},
-            };
-            if let Err(e) = served {
-                tracing::debug!(?peer, "connection ended with an error: {e}");
-            }
-            drop(slot);
-        });
+                    #[cfg(feature = "tls")]
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(stream) => {
+                            serve_connection(
+                                &builder, stream, service, drain, draining, idle_grace, in_flight,
+                            )
+                            .await
+                        }
+                        Err(e) => Err(format!("TLS handshake failed: {e}").into()),
+                    },
+                    #[cfg(not(feature = "tls"))]
+                    Some(never) => match never {},
+                };
+                if let Err(e) = served {
+                    tracing::debug!(?peer, "connection ended with an error: {e}");
+                }
+                drop(slot);
+            });
+        }
     }
 }
 
@@ -337,32 +308,14 @@ fn http_builder(header_read_timeout: Option<Duration>) -> auto::Builder<TokioExe
     builder
 }
 
-/// A listener being served, its TLS handshake if any, and its counts for `status`.
-struct Open {
-    listener: AnyListener,
-    tls: Option<Handshake>,
-    stats: Arc<ListenerStats>,
-}
-
-impl Open {
-    fn new(octopus: &Octopus, listener: AnyListener, tls: Option<Handshake>) -> Self {
-        let stats = octopus.track_listener(listener.describe());
-        Open {
-            listener,
-            tls,
-            stats,
-        }
-    }
-}
-
-/// Opens what an endpoint asks for, through `octopus` so it is handed over on upgrades, and adds
-/// it to `listeners`.
+/// Opens what an endpoint asks for, through `octopus` so it is handed over on upgrades: the
+/// listener and its TLS handshake if any, and for a Unix socket whose path was removed, also the
+/// inherited socket that lost it.
 fn open(
     octopus: &Octopus,
     endpoint: Endpoint,
     unix_mode: Option<u32>,
-    listeners: &mut Vec<Open>,
-) -> Result<(), Error> {
+) -> Result<Vec<(AnyListener, Option<Handshake>)>, Error> {
     let register = |source| Error::Io {
         what: "cannot register a listener with the runtime",
         source,
@@ -372,6 +325,7 @@ fn open(
             .map(AnyListener::Tcp)
             .map_err(register)
     };
+    let mut opened = Vec::with_capacity(1);
     let (listener, tls) = match endpoint {
         Endpoint::Tcp(address) => (tcp(octopus.listen_tcp(&address)?)?, None),
         Endpoint::Listener(listener) => (tcp(listener)?, None),
@@ -386,7 +340,7 @@ fn open(
             // Connections queued on a socket whose path was removed are still served, by this
             // generation only: none can join them, so the queue is empty by the next hand-over.
             if let Some(unreachable) = unreachable {
-                listeners.push(Open::new(octopus, unix(unreachable)?, None));
+                opened.push((unix(unreachable)?, None));
             }
             (unix(listener)?, None)
         }
@@ -400,6 +354,6 @@ fn open(
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(scheme, "listening on {}", listener.describe());
-    listeners.push(Open::new(octopus, listener, tls));
-    Ok(())
+    opened.push((listener, tls));
+    Ok(opened)
 }

@@ -1,10 +1,4 @@
-//! Octopus's signal contract.
-//!
-//! | signal | action |
-//! |---|---|
-//! | SIGHUP | upgrade; once the new process is ready, this one drains and exits |
-//! | SIGUSR1, SIGUSR2 | upgrade; this one keeps serving beside the new one, unless `kill_master` is set |
-//! | SIGINT, SIGTERM | graceful shutdown |
+//! Octopus's signal contract, as `docs/signals.md` (part of the crate docs) describes it.
 
 //!
 //! This module turns a signal into an [`Action`]; the lifecycle acts on it.

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
-use crate::listeners::local_address;
+use crate::accept::{accept_unix_now, Accept};
 
 /// A listening socket of either kind.
 #[derive(Debug)]
@@ -24,9 +24,12 @@ pub(crate) enum AnyStream {
     Unix(UnixStream),
 }
 
-impl AnyListener {
-    /// The next connection, and the peer's address for TCP (a Unix peer has none worth naming).
-    pub async fn accept(&self) -> io::Result<(AnyStream, Option<SocketAddr>)> {
+impl Accept for AnyListener {
+    type Stream = AnyStream;
+    /// The peer's address for TCP (a Unix peer has none worth naming).
+    type Peer = Option<SocketAddr>;
+
+    async fn accept(&self) -> io::Result<(AnyStream, Option<SocketAddr>)> {
         match self {
             AnyListener::Tcp(listener) => {
                 let (stream, peer) = listener.accept().await?;
@@ -41,30 +44,21 @@ impl AnyListener {
         }
     }
 
-    /// Accepts one connection the kernel already queued, without waiting.
-    pub fn accept_now(&self) -> io::Result<AnyStream> {
+    fn accept_now(&self) -> io::Result<(AnyStream, Option<SocketAddr>)> {
         match self {
             AnyListener::Tcp(listener) => {
-                let fd = socket2::SockRef::from(listener);
-                let (socket, _) = fd.accept()?;
-                socket.set_nonblocking(true)?;
-                let stream = TcpStream::from_std(socket.into())?;
+                let (stream, peer) = listener.accept_now()?;
                 let _ = stream.set_nodelay(true);
-                Ok(AnyStream::Tcp(stream))
+                Ok((AnyStream::Tcp(stream), Some(peer)))
             }
-            AnyListener::Unix(listener) => {
-                let fd = socket2::SockRef::from(listener);
-                let (socket, _) = fd.accept()?;
-                socket.set_nonblocking(true)?;
-                Ok(AnyStream::Unix(UnixStream::from_std(socket.into())?))
-            }
+            AnyListener::Unix(listener) => Ok((AnyStream::Unix(accept_unix_now(listener)?), None)),
         }
     }
 
-    pub fn describe(&self) -> String {
+    fn describe(&self) -> String {
         match self {
-            AnyListener::Tcp(listener) => local_address(listener),
-            AnyListener::Unix(listener) => local_address(listener),
+            AnyListener::Tcp(listener) => listener.describe(),
+            AnyListener::Unix(listener) => listener.describe(),
         }
     }
 }

@@ -41,7 +41,7 @@ pub(crate) struct Upgrader<S: Spawner> {
     spawner: S,
     start: StartInfo,
     timeout: Duration,
-    stop_grace: Duration,
+    stop_grace: std::sync::Mutex<Duration>,
     in_flight: watch::Sender<bool>,
 }
 
@@ -161,9 +161,15 @@ impl<S: Spawner> Upgrader<S> {
             spawner,
             start,
             timeout,
-            stop_grace: drain_timeout + STOP_MARGIN,
+            stop_grace: std::sync::Mutex::new(drain_timeout + STOP_MARGIN),
             in_flight: watch::Sender::new(false),
         }
+    }
+
+    /// The drain timeout of the server this process runs, which a successor told to stop
+    /// gracefully is given too (the same program, with the same arguments).
+    pub fn set_drain_timeout(&self, drain_timeout: Duration) {
+        *self.stop_grace.lock().unwrap_or_else(|p| p.into_inner()) = drain_timeout + STOP_MARGIN;
     }
 
     /// Takes the upgrade slot, or refuses if another upgrade holds it.
@@ -209,7 +215,8 @@ impl<S: Spawner> Upgrader<S> {
         let timeout = timeout.unwrap_or(self.timeout);
         let spawned = registry.with_handover(|fds| self.spawner.spawn(&self.start, fds));
         let Spawned { child, ready } = spawned.map_err(|source| self.spawn_error(source))?;
-        let mut successor = Successor::new(child, self.stop_grace);
+        let stop_grace = *self.stop_grace.lock().unwrap_or_else(|p| p.into_inner());
+        let mut successor = Successor::new(child, stop_grace);
         let pid = successor.pid();
         tracing::info!(
             pid,
@@ -502,14 +509,17 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_successor_ignoring_sigterm_is_killed_after_the_drain_timeout() {
+    async fn a_successor_ignoring_sigterm_is_killed_after_the_drain_timeout_of_the_server() {
         let (upgrader, record) = upgrader(Script::HangIgnoringTerm);
+        // The server that serves through this process sets its own drain timeout.
+        let drain_timeout = DRAIN / 2;
+        upgrader.set_drain_timeout(drain_timeout);
         let started = Instant::now();
         let err = run(&upgrader).await.map(|_| ()).unwrap_err();
         assert!(matches!(err, UpgradeError::Timeout { .. }), "{err}");
         assert_eq!(counts(&record), (1, 1, 1));
         let took = started.elapsed();
-        let grace = DRAIN + STOP_MARGIN;
+        let grace = drain_timeout + STOP_MARGIN;
         assert!(
             took >= Duration::from_millis(200) + grace && took < Duration::from_millis(300) + grace,
             "{took:?}"

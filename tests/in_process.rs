@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use octopus::{Config, DrainReport, Handle, HttpService, Octopus, Server};
+use octopus::{DrainReport, Handle, HttpService, Octopus, Server};
 
 fn get(port: u16, path: &str) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -29,10 +29,10 @@ struct Running {
 }
 
 /// The process's one `Octopus`, once the test running beside this one has dropped its own.
-fn only_octopus(config: &Config) -> Octopus {
+fn only_octopus() -> Octopus {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match Octopus::new(config.clone()) {
+        match Octopus::builder().handle_signals(false).build() {
             Err(octopus::Error::SecondInstance) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10))
             }
@@ -41,18 +41,16 @@ fn only_octopus(config: &Config) -> Octopus {
     }
 }
 
-/// Serves `service` with `config` (signals off); `adjust` sets server options.
+/// Serves `service` (signals off); `adjust` sets server options.
 fn start<S: HttpService>(
-    config: Config,
-    adjust: impl FnOnce(Server) -> Server,
+    adjust: impl FnOnce(Server<Octopus>) -> Server<Octopus>,
     service: S,
 ) -> Running {
-    let config = config.handle_signals(false);
-    let octopus = only_octopus(&config);
+    let octopus = only_octopus();
     let listener = octopus.listen_tcp("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let handle = octopus.handle();
-    let server = adjust(Server::new(config).octopus(octopus).listener(listener));
+    let server = adjust(octopus.server().listener(listener));
     Running {
         port,
         handle,
@@ -63,12 +61,11 @@ fn start<S: HttpService>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn axum_router_is_served_as_is_and_shut_down_by_a_handle() {
     let app = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong\n" }));
-    let config = Config::new().drain_timeout(Duration::from_secs(2));
     let Running {
         port,
         handle,
         server,
-    } = start(config, |s| s, app);
+    } = start(|s| s.drain_timeout(Duration::from_secs(2)), app);
 
     let reply = tokio::task::spawn_blocking(move || get(port, "/ping"))
         .await
@@ -90,21 +87,6 @@ async fn axum_router_is_served_as_is_and_shut_down_by_a_handle() {
     assert!(
         TcpStream::connect(("127.0.0.1", port)).is_err(),
         "the listener is closed"
-    );
-}
-
-#[tokio::test]
-async fn a_listener_without_its_octopus_is_refused() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let app = axum::Router::new();
-    let err = Server::new(Config::new())
-        .listener(listener)
-        .serve(app)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, octopus::Error::ListenerWithoutOctopus),
-        "{err}"
     );
 }
 
@@ -135,12 +117,11 @@ async fn upgrade_to_echo(
 async fn upgraded_connections_are_counted_in_the_drain_and_cut_at_the_deadline() {
     let drain_timeout = Duration::from_millis(700);
     let service = tower::service_fn(upgrade_to_echo);
-    let config = Config::new().drain_timeout(drain_timeout);
     let Running {
         port,
         handle,
         server,
-    } = start(config, |s| s, service);
+    } = start(|s| s.drain_timeout(drain_timeout), service);
 
     let client = tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -203,12 +184,12 @@ async fn upgraded_connections_are_counted_in_the_drain_and_cut_at_the_deadline()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_read_timeout_closes_a_slow_loris_connection() {
     let app = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong\n" }));
-    let slow_loris = |s: Server| s.header_read_timeout(Duration::from_millis(300));
+    let slow_loris = |s: Server<Octopus>| s.header_read_timeout(Duration::from_millis(300));
     let Running {
         port,
         handle,
         server,
-    } = start(Config::new(), slow_loris, app);
+    } = start(slow_loris, app);
     let closed_after = tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream
@@ -228,4 +209,135 @@ async fn header_read_timeout_closes_a_slow_loris_connection() {
     );
     handle.shutdown();
     server.await.unwrap().unwrap();
+}
+
+/// A connection of a raw protocol: writes `hello`, then ends when the drain starts, or never if
+/// it is the one that does not listen.
+async fn greet(mut socket: tokio::net::TcpStream, draining: octopus::Draining, listens: bool) {
+    use tokio::io::AsyncWriteExt;
+    socket.write_all(b"hello\n").await.unwrap();
+    if listens {
+        draining.wait().await;
+        let _ = socket.write_all(b"bye\n").await;
+    } else {
+        std::future::pending::<()>().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_of_any_protocol_drain_and_report_what_finished_and_what_was_cut() {
+    let octopus = only_octopus();
+    let listener = octopus.listen_tcp("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = octopus.handle();
+    let drain_timeout = Duration::from_millis(500);
+    // The first connection listens to the drain; the second does not, and is cut.
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = tokio::spawn(
+        octopus
+            .connections(listener)
+            .drain_timeout(drain_timeout)
+            .serve(move |socket, peer, draining| {
+                assert!(peer.ip().is_loopback(), "{peer}");
+                let first = accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+                greet(socket, draining, first)
+            }),
+    );
+    drop(octopus);
+    let connect = |port| {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut hello = [0u8; 6];
+        stream.read_exact(&mut hello).unwrap();
+        assert_eq!(&hello, b"hello\n");
+        stream
+    };
+    let (mut listening, mut deaf) =
+        tokio::task::spawn_blocking(move || (connect(port), connect(port)))
+            .await
+            .unwrap();
+
+    let started = std::time::Instant::now();
+    handle.shutdown();
+    let report = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the drain ends at its deadline")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() >= drain_timeout, "{report:?}");
+    assert_eq!(
+        (report.open_at_start, report.finished, report.cut),
+        (2, 1, 1),
+        "{report:?}"
+    );
+    let mut rest = String::new();
+    listening.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "bye\n");
+    let mut rest = Vec::new();
+    let cut = deaf.read_to_end(&mut rest);
+    assert!(
+        cut.is_err() || rest.is_empty(),
+        "cut without a word: {rest:?}"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the listener is closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_on_a_unix_socket_are_served_and_drained() {
+    use std::os::unix::net::UnixStream;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("echo.sock");
+    let octopus = only_octopus();
+    let listener = octopus.listen_unix(&path, None).unwrap();
+    let handle = octopus.handle();
+    let server = tokio::spawn(octopus.connections(listener).serve(
+        |socket, peer: tokio::net::unix::SocketAddr, draining| {
+            assert!(peer.is_unnamed(), "a client that did not bind: {peer:?}");
+            async move {
+                use tokio::io::AsyncWriteExt;
+                let mut socket = socket;
+                socket.write_all(b"hello\n").await.unwrap();
+                draining.wait().await;
+                let _ = socket.write_all(b"bye\n").await;
+            }
+        },
+    ));
+    drop(octopus);
+    let mut client = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || {
+            let mut stream = UnixStream::connect(&path).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut hello = [0u8; 6];
+            stream.read_exact(&mut hello).unwrap();
+            assert_eq!(&hello, b"hello\n");
+            stream
+        }
+    })
+    .await
+    .unwrap();
+    handle.shutdown();
+    let report = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the drain ends once the connection is done")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (report.open_at_start, report.finished, report.cut),
+        (1, 1, 0)
+    );
+    let mut rest = String::new();
+    client.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "bye\n");
+    assert!(
+        UnixStream::connect(&path).is_err(),
+        "the socket is closed, though its path stays"
+    );
 }

@@ -121,7 +121,7 @@ fn answer(ok: bool, fields: Value) -> Vec<u8> {
 /// script can test) and what else is known (`pid`, `exit_code`, `signal`).
 pub(crate) fn upgrade_error(e: &UpgradeError) -> Value {
     use std::os::unix::process::ExitStatusExt;
-    let mut fields = json!({ "error": e.to_string(), "reason": reason(e) });
+    let mut fields = json!({ "error": e.to_string(), "reason": e.reason() });
     let extra = match e {
         UpgradeError::Exited { pid, status } => {
             json!({ "pid": pid, "exit_code": status.code(), "signal": status.signal() })
@@ -136,22 +136,6 @@ pub(crate) fn upgrade_error(e: &UpgradeError) -> Value {
         fields.extend(extra);
     }
     fields
-}
-
-/// A stable name for why an upgrade did not happen.
-pub(crate) fn reason(e: &UpgradeError) -> &'static str {
-    match e {
-        UpgradeError::InProgress => "in_progress",
-        UpgradeError::Stopping => "stopping",
-        UpgradeError::NotReady => "not_ready",
-        UpgradeError::Spawn { .. } => "spawn",
-        UpgradeError::WorkingDirectory { .. } => "working_directory",
-        UpgradeError::Exited { .. } => "exited",
-        UpgradeError::Timeout { .. } => "timeout",
-        UpgradeError::ClosedWithoutReady { .. } => "closed_without_ready",
-        UpgradeError::Cancelled { .. } => "cancelled",
-        UpgradeError::Watch { .. } => "watch",
-    }
 }
 
 #[cfg(test)]

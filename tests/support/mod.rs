@@ -191,8 +191,12 @@ impl Hello {
                             std::os::fd::BorrowedFd::borrow_raw(3),
                             rustix::io::FdFlags::empty(),
                         )?;
-                    } else if libc::dup2(fd, 3) == -1 {
-                        return Err(std::io::Error::last_os_error());
+                    } else {
+                        // Not an OwnedFd of ours to close on drop: fd 3 must outlive this.
+                        let mut fd3 = std::mem::ManuallyDrop::new(
+                            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(3),
+                        );
+                        rustix::io::dup2(std::os::fd::BorrowedFd::borrow_raw(fd), &mut fd3)?;
                     }
                 }
                 if let Some(limit) = nofile {
