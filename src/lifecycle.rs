@@ -311,7 +311,7 @@ impl Octopus {
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let octopus = octopus::Octopus::new(octopus::Config::new().handle_signals(false))?;
+    /// let octopus = octopus::Octopus::builder().handle_signals(false).build()?;
     /// let socket = tokio::net::UdpSocket::from_std(octopus.listen_udp("127.0.0.1:0")?)?;
     /// octopus.ready()?;
     /// let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
