@@ -2,11 +2,11 @@
 //! (out of file descriptors, out of memory) pause the loop and are retried.
 
 use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::peer::PeerAddr;
 use crate::stream::{AnyListener, AnyStream};
 
 /// Longest pause of an accept loop after a resource error.
@@ -17,7 +17,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(10);
 pub(crate) async fn accept_loop(
     listener: AnyListener,
     stop: CancellationToken,
-    mut serve: impl FnMut(AnyStream, Option<SocketAddr>),
+    mut serve: impl FnMut(AnyStream, PeerAddr),
 ) -> AnyListener {
     let mut backoff = Duration::ZERO;
     loop {
@@ -49,13 +49,10 @@ pub(crate) async fn accept_loop(
 
 /// Accepts the connections the kernel already queued, without waiting for more, so a shutdown
 /// answers every client whose connection was established before the listener closed.
-pub(crate) fn accept_queued(
-    listener: &AnyListener,
-    mut serve: impl FnMut(AnyStream, Option<SocketAddr>),
-) {
+pub(crate) fn accept_queued(listener: &AnyListener, mut serve: impl FnMut(AnyStream, PeerAddr)) {
     loop {
         match listener.accept_now() {
-            Ok(stream) => serve(stream, None),
+            Ok((stream, peer)) => serve(stream, peer),
             Err(e) if is_per_connection(&e) && e.kind() != io::ErrorKind::WouldBlock => {}
             Err(_) => return,
         }

@@ -144,6 +144,7 @@ mod fds;
 mod lifecycle;
 mod listeners;
 mod notify;
+mod peer;
 mod pidfile;
 mod process;
 mod readiness;
@@ -161,7 +162,8 @@ pub use drain::{Drain, DrainReport, Draining, Hold};
 pub use error::{Error, InheritError, UpgradeError};
 pub use lifecycle::{AfterUpgrade, Handle, Octopus, Stop};
 pub use listeners::{ListenerKey, Network, ParseKeyError};
-pub use serve::{serve, Server};
+pub use peer::Peer;
+pub use serve::{serve, Serve, Server};
 #[cfg(feature = "tls")]
 pub use tls::tls_config_from_files;
 /// The rustls crate, for building a TLS configuration by hand.

@@ -1,14 +1,16 @@
 //! The one-call HTTP entry: serve a tower service (an axum `Router` as is) gracefully, on TCP,
 //! Unix domain sockets and TLS.
 
+use std::future::{Future, IntoFuture};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::accept::{accept_loop, accept_queued};
 use crate::config::Config;
@@ -16,7 +18,8 @@ use crate::connection::{serve_connection, HttpService};
 use crate::control::ListenerStats;
 use crate::drain::{Drain, DrainReport};
 use crate::error::Error;
-use crate::lifecycle::{Octopus, Reported, Stop};
+use crate::lifecycle::{Octopus, Reported, Stop, WeakHandle};
+use crate::peer::{Peer, PeerAddr, WithPeer};
 use crate::stream::{AnyListener, AnyStream};
 #[cfg(feature = "tls")]
 use crate::tls::Handshake;
@@ -48,7 +51,11 @@ pub struct Server {
     unix_mode: Option<u32>,
     header_read_timeout: Option<Duration>,
     octopus: Option<Octopus>,
+    shutdown_signal: Option<ShutdownSignal>,
 }
+
+/// A future that starts the graceful shutdown when it completes.
+type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Where to listen, as asked for.
 enum Endpoint {
@@ -60,7 +67,8 @@ enum Endpoint {
 }
 
 /// Serves `service` on `address` with the default [`Config`] until a graceful shutdown: the
-/// counterpart of Octopus's `GracefulServe(server, killMaster)`.
+/// counterpart of Octopus's `GracefulServe(server, killMaster)`. Await it; before that,
+/// [`Serve::with_graceful_shutdown`] adds a future that shuts the server down, as in axum.
 ///
 /// ```no_run
 /// # #[tokio::main] async fn main() -> Result<(), octopus::Error> {
@@ -68,11 +76,50 @@ enum Endpoint {
 /// octopus::serve("127.0.0.1:8080", app).await?;
 /// # Ok(()) }
 /// ```
-pub async fn serve<S: HttpService>(address: &str, service: S) -> Result<DrainReport, Error> {
-    Server::new(Config::new())
-        .bind(address)
-        .serve(service)
-        .await
+pub fn serve<S: HttpService>(address: &str, service: S) -> Serve<S> {
+    Serve {
+        server: Server::new(Config::new()).bind(address),
+        service,
+    }
+}
+
+/// What [`serve`] returns: await it to serve.
+#[must_use = "a server serves only once awaited"]
+pub struct Serve<S> {
+    server: Server,
+    service: S,
+}
+
+impl<S> Serve<S> {
+    /// Starts the graceful shutdown when `signal` completes, exactly as SIGTERM does; the signals
+    /// keep working beside it. See [`Server::with_graceful_shutdown`].
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), octopus::Error> {
+    /// let app = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong\n" }));
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// # drop(stop);
+    /// octopus::serve("127.0.0.1:8080", app)
+    ///     .with_graceful_shutdown(async { stopped.await.ok(); })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_graceful_shutdown<F>(mut self, signal: F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.server = self.server.with_graceful_shutdown(signal);
+        self
+    }
+}
+
+impl<S: HttpService> IntoFuture for Serve<S> {
+    type Output = Result<DrainReport, Error>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.server.serve(self.service))
+    }
 }
 
 impl Server {
@@ -158,6 +205,33 @@ impl Server {
         self
     }
 
+    /// Starts the graceful shutdown when `signal` completes, exactly as SIGTERM or
+    /// [`Handle::shutdown`](crate::Handle::shutdown) does (a pre-drain delay included). Signals
+    /// keep working beside it unless [`Config::handle_signals`] switches them off; a future that
+    /// never completes changes nothing, and it is dropped when the server returns.
+    ///
+    /// ```no_run
+    /// use octopus::{Config, Server};
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), octopus::Error> {
+    /// # let app = axum::Router::new();
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// # drop(stop);
+    /// Server::new(Config::new())
+    ///     .bind("127.0.0.1:8080")
+    ///     .with_graceful_shutdown(async { stopped.await.ok(); })
+    ///     .serve(app)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_graceful_shutdown<F>(mut self, signal: F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.shutdown_signal = Some(Box::pin(signal));
+        self
+    }
+
     /// Serves until this generation stops (shutdown, or hand-over to a new process), then drains.
     /// Returns once the drain is over; the caller then exits with status 0.
     pub async fn serve<S: HttpService>(self, service: S) -> Result<DrainReport, Error> {
@@ -172,6 +246,9 @@ impl Server {
             }
             None => return Err(Error::ListenerWithoutOctopus),
         };
+        let _stop_watching = self
+            .shutdown_signal
+            .map(|signal| watch_shutdown_signal(signal, octopus.handle().downgrade()));
         let mut listeners = Vec::with_capacity(self.endpoints.len());
         for endpoint in self.endpoints {
             open(&octopus, endpoint, self.unix_mode, &mut listeners)?;
@@ -264,6 +341,26 @@ impl Server {
     }
 }
 
+/// Starts the graceful shutdown once `signal` completes, unless the returned guard is dropped
+/// first (the server returned): the future does not outlive the server, and the handle is weak
+/// so that it does not keep this generation alive either.
+fn watch_shutdown_signal(signal: ShutdownSignal, handle: WeakHandle) -> DropGuard {
+    let unwatched = CancellationToken::new();
+    let cancelled = unwatched.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = signal => {
+                if let Some(handle) = handle.upgrade() {
+                    tracing::info!("shutdown future completed");
+                    handle.shutdown();
+                }
+            }
+            () = cancelled.cancelled() => {}
+        }
+    });
+    unwatched.drop_guard()
+}
+
 struct Http<S> {
     builder: Arc<auto::Builder<TokioExecutor>>,
     service: S,
@@ -286,7 +383,7 @@ impl<S: HttpService> Http<S> {
     fn spawn_connection(
         &self,
         stream: AnyStream,
-        peer: Option<std::net::SocketAddr>,
+        peer: PeerAddr,
         tls: Option<Handshake>,
         stats: &Arc<ListenerStats>,
     ) {
@@ -299,6 +396,7 @@ impl<S: HttpService> Http<S> {
             let in_flight = slot.in_flight();
             let served = match tls {
                 None => {
+                    let service = WithPeer::new(service, Peer::new(peer.clone()));
                     serve_connection(
                         &builder, stream, service, drain, draining, idle_grace, in_flight,
                     )
@@ -307,6 +405,8 @@ impl<S: HttpService> Http<S> {
                 #[cfg(feature = "tls")]
                 Some(tls) => match tls.accept(stream).await {
                     Ok(stream) => {
+                        let peer = Peer::tls(peer.clone(), stream.get_ref().1);
+                        let service = WithPeer::new(service, peer);
                         serve_connection(
                             &builder, stream, service, drain, draining, idle_grace, in_flight,
                         )
@@ -318,7 +418,7 @@ impl<S: HttpService> Http<S> {
                 Some(never) => match never {},
             };
             if let Err(e) = served {
-                tracing::debug!(?peer, "connection ended with an error: {e}");
+                tracing::debug!(%peer, "connection ended with an error: {e}");
             }
             drop(slot);
         });

@@ -1,7 +1,6 @@
 //! The kinds of socket a server accepts on: TCP and Unix domain stream sockets.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -9,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 use crate::listeners::local_address;
+use crate::peer::PeerAddr;
 
 /// A listening socket of either kind.
 #[derive(Debug)]
@@ -25,38 +25,42 @@ pub(crate) enum AnyStream {
 }
 
 impl AnyListener {
-    /// The next connection, and the peer's address for TCP (a Unix peer has none worth naming).
-    pub async fn accept(&self) -> io::Result<(AnyStream, Option<SocketAddr>)> {
+    /// The next connection, and its client's address.
+    pub async fn accept(&self) -> io::Result<(AnyStream, PeerAddr)> {
         match self {
             AnyListener::Tcp(listener) => {
                 let (stream, peer) = listener.accept().await?;
                 // Small responses go out at once instead of waiting for Nagle's algorithm.
                 let _ = stream.set_nodelay(true);
-                Ok((AnyStream::Tcp(stream), Some(peer)))
+                Ok((AnyStream::Tcp(stream), PeerAddr::Tcp(peer)))
             }
             AnyListener::Unix(listener) => {
-                let (stream, _) = listener.accept().await?;
-                Ok((AnyStream::Unix(stream), None))
+                let (stream, peer) = listener.accept().await?;
+                Ok((AnyStream::Unix(stream), PeerAddr::Unix(peer)))
             }
         }
     }
 
     /// Accepts one connection the kernel already queued, without waiting.
-    pub fn accept_now(&self) -> io::Result<AnyStream> {
+    pub fn accept_now(&self) -> io::Result<(AnyStream, PeerAddr)> {
+        let fd = match self {
+            AnyListener::Tcp(listener) => socket2::SockRef::from(listener),
+            AnyListener::Unix(listener) => socket2::SockRef::from(listener),
+        };
+        let (socket, peer) = fd.accept()?;
+        socket.set_nonblocking(true)?;
         match self {
-            AnyListener::Tcp(listener) => {
-                let fd = socket2::SockRef::from(listener);
-                let (socket, _) = fd.accept()?;
-                socket.set_nonblocking(true)?;
+            AnyListener::Tcp(_) => {
                 let stream = TcpStream::from_std(socket.into())?;
                 let _ = stream.set_nodelay(true);
-                Ok(AnyStream::Tcp(stream))
+                let peer = peer.as_socket().ok_or(io::ErrorKind::InvalidData)?;
+                Ok((AnyStream::Tcp(stream), PeerAddr::Tcp(peer)))
             }
-            AnyListener::Unix(listener) => {
-                let fd = socket2::SockRef::from(listener);
-                let (socket, _) = fd.accept()?;
-                socket.set_nonblocking(true)?;
-                Ok(AnyStream::Unix(UnixStream::from_std(socket.into())?))
+            AnyListener::Unix(_) => {
+                let stream = UnixStream::from_std(socket.into())?;
+                // Asked again of the kernel: tokio's address type is made only by its own calls.
+                let peer = stream.peer_addr()?;
+                Ok((AnyStream::Unix(stream), PeerAddr::Unix(peer)))
             }
         }
     }
