@@ -148,7 +148,7 @@ async fn serve_until_exit(args: Args) -> ExitCode {
     match served.await {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!("{}", logging::error_line(&e));
             ExitCode::FAILURE
         }
     }

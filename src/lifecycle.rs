@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::control::{self, Facts, Gate, ListenerStats};
 use crate::drain::DrainReport;
 use crate::env::{Handover, LISTENERS_VAR, READY_FD_VAR, VARS};
-use crate::error::{Error, UpgradeError};
+use crate::error::{Error, UpgradeError, WithCauses};
 use crate::fds;
 use crate::listeners::{ListenerKey, Registry};
 use crate::notify;
@@ -505,6 +505,7 @@ impl Handle {
                 }
                 UpgradeError::Cancelled { .. } => tracing::warn!("{e}"),
                 _ => {
+                    let e = WithCauses(e);
                     tracing::error!("upgrade failed; the old process keeps serving: {e}");
                     notify::upgrade_ended(&format!("serving; upgrade failed: {e}"));
                 }
