@@ -166,6 +166,8 @@ pub use peer::Peer;
 pub use serve::{serve, Serve, Server};
 #[cfg(feature = "tls")]
 pub use tls::tls_config_from_files;
-/// The rustls crate, for building a TLS configuration by hand.
+/// The rustls version octopus is built with. [`Server::bind_tls`] takes its `ServerConfig`: build
+/// one with [`tls_config_from_files`], or by hand through this path (client certificates, a
+/// certificate resolver) so that its version is always the one `bind_tls` expects.
 #[cfg(feature = "tls")]
 pub use tokio_rustls::rustls;

@@ -31,6 +31,11 @@ use http::Request;
 /// With the `axum` feature, each request from a TCP or TLS listener also carries axum's
 /// `ConnectInfo<SocketAddr>`, so the `ConnectInfo` extractor works on a plain `Router`, and
 /// `axum::Extension<octopus::Peer>` extracts this type on every listener.
+///
+/// `Router::into_make_service_with_connect_info::<SocketAddr>()` is not needed, and not
+/// accepted: axum's own `serve` knows its listener's type when it compiles, but one octopus
+/// server mixes TCP, TLS and Unix listeners chosen at run time, and a make-service asked for a
+/// Unix connection's `SocketAddr` could only fail or invent one.
 #[derive(Clone)]
 pub struct Peer(Arc<Connection>);
 

@@ -194,12 +194,31 @@ impl Server {
     }
 
     /// Adds a TLS listener on `HOST:PORT`, with a configuration such as
-    /// [`tls_config_from_files`](crate::tls_config_from_files) makes (ALPN `h2` and `http/1.1`).
+    /// [`tls_config_from_files`](crate::tls_config_from_files) makes (ALPN `h2` and `http/1.1`),
+    /// or one built by hand with [`octopus::rustls`](crate::rustls). Each request's
+    /// [`Peer`](crate::Peer) tells the protocol ALPN settled and the server name the client asked
+    /// for.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use octopus::rustls;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (chain, key) = (vec![], rustls::pki_types::PrivateKeyDer::Pkcs8(vec![].into()));
+    /// let provider = Arc::new(rustls::crypto::ring::default_provider());
+    /// let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    ///     .with_safe_default_protocol_versions()?
+    ///     .with_no_client_auth()
+    ///     .with_single_cert(chain, key)?;
+    /// tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    /// let server = octopus::Server::new(octopus::Config::new()).bind_tls("0.0.0.0:8443", Arc::new(tls));
+    /// # Ok(()) }
+    /// ```
     #[cfg(feature = "tls")]
     pub fn bind_tls(
         mut self,
         address: impl Into<String>,
-        config: Arc<tokio_rustls::rustls::ServerConfig>,
+        config: Arc<crate::rustls::ServerConfig>,
     ) -> Self {
         self.endpoints.push(Endpoint::Tls(address.into(), config));
         self
