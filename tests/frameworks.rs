@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::time::Instant;
-
 use rustix::process::Signal;
 use support::*;
 
@@ -59,7 +57,7 @@ fn axum_pre_drain_reports_draining_while_still_serving_then_exits_0() {
     let port = server.port();
     assert_eq!(answer(port, "/ready").0, 200);
 
-    let asked = Instant::now();
+    let asked = std::time::Instant::now();
     signal(server.first_pid(), Signal::TERM);
     server.wait_for(&["graceful shutdown started; still accepting"]);
     assert_eq!(answer(port, "/ready"), (503, "draining\n".into()));
