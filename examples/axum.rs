@@ -1,24 +1,27 @@
-//! An axum application served gracefully: shared state, and a `/ready` route for load balancers.
+//! An axum application served gracefully: shared state, the client's address through axum's
+//! `ConnectInfo` (octopus's `axum` feature), and a `/ready` route for load balancers.
 //!
 //! ```text
-//! cargo run --example axum -- -h 127.0.0.1 -p 3000 --pre-drain 5
+//! cargo run --features axum --example axum -- -h 127.0.0.1 -p 3000 --pre-drain 5
+//! curl http://127.0.0.1:3000/ip         # the client's address and port
 //! curl http://127.0.0.1:3000/hits       # requests served by this process so far
 //! kill -HUP $(curl -s http://127.0.0.1:3000/pid)    # upgrade: no request fails
 //! kill -TERM <pid>                      # /ready answers 503 for 5 s while serving, then drain
 //! ```
 //!
-//! Routes: `GET /ping` answers `pong`, `GET /pid` the answering process id, `GET /hits` how many
-//! requests this process answered, `GET /ready` `200 ready` while serving and `503 draining` once a
+//! Routes: `GET /ping` answers `pong`, `GET /pid` the answering process id, `GET /ip` the
+//! client's address (`ConnectInfo<SocketAddr>`), `GET /hits` how many requests this process answered, `GET /ready` `200 ready` while serving and `503 draining` once a
 //! shutdown (including its pre-drain delay) or a hand-over began.
 //!
 //! The state lives in the process: a new generation starts counting from zero.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -82,6 +85,12 @@ async fn pid() -> String {
     format!("{}\n", std::process::id())
 }
 
+/// Octopus gives every TCP and TLS request its `ConnectInfo`: the `Router` is served as is, with
+/// no `into_make_service_with_connect_info`.
+async fn ip(ConnectInfo(client): ConnectInfo<SocketAddr>) -> String {
+    format!("{client}\n")
+}
+
 async fn hits(State(state): State<AppState>) -> String {
     format!("{}\n", state.hits.load(Ordering::Relaxed))
 }
@@ -98,6 +107,7 @@ fn app(state: AppState) -> Router {
     Router::new()
         .route("/ping", get(ping))
         .route("/pid", get(pid))
+        .route("/ip", get(ip))
         .route("/hits", get(hits))
         .route("/ready", get(ready))
         .layer(middleware::from_fn_with_state(state.clone(), count))
@@ -138,7 +148,7 @@ async fn serve_until_exit(args: Args) -> ExitCode {
     match served.await {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!("{}", logging::error_line(&e));
             ExitCode::FAILURE
         }
     }

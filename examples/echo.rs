@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     match serve(args) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!("{}", logging::error_line(&*e));
             ExitCode::FAILURE
         }
     }

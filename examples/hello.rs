@@ -10,7 +10,9 @@
 //!
 //! Routes: `GET /ping` answers `pong`, `GET /pid` the answering process id, `GET /sleep?ms=N`
 //! waits N milliseconds and answers `slept N`, `GET /ready` answers `200 ready` while serving and
-//! `503 draining` once a shutdown or hand-over began (for load-balancer readiness checks).
+//! `503 draining` once a shutdown or hand-over began (for load-balancer readiness checks),
+//! `GET /peer` the client as [`octopus::Peer`] tells it: `ADDRESS` (TCP), `unix PATH` or
+//! `unix unnamed` (Unix socket), followed over TLS by `tls alpn=PROTOCOL sni=NAME` (`-` if none).
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -114,6 +116,10 @@ async fn route(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infa
             reply(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
         }
         "/ready" => reply(StatusCode::OK, "ready\n".into()),
+        "/peer" => match request.extensions().get::<octopus::Peer>() {
+            Some(peer) => reply(StatusCode::OK, format!("{}\n", describe(peer))),
+            None => reply(StatusCode::INTERNAL_SERVER_ERROR, "no peer\n".into()),
+        },
         "/sleep" => match sleep_ms(request.uri().query()) {
             Some(ms) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -124,6 +130,20 @@ async fn route(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infa
         _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
     };
     Ok(response)
+}
+
+fn describe(peer: &octopus::Peer) -> String {
+    let mut text = match (peer.addr(), peer.unix_addr().and_then(|a| a.as_pathname())) {
+        (Some(addr), _) => addr.to_string(),
+        (None, Some(path)) => format!("unix {}", path.display()),
+        (None, None) => "unix unnamed".into(),
+    };
+    if peer.is_tls() {
+        let alpn = peer.alpn().map_or("-".into(), String::from_utf8_lossy);
+        let sni = peer.server_name().unwrap_or("-");
+        text.push_str(&format!(" tls alpn={alpn} sni={sni}"));
+    }
+    text
 }
 
 fn sleep_ms(query: Option<&str>) -> Option<u64> {
@@ -194,7 +214,7 @@ async fn serve_until_exit(args: Args) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!("{}", logging::error_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -83,7 +83,7 @@ async fn serve_until_exit(args: Args) -> ExitCode {
     match octopus::serve(&address, Pong).await {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!("{}", logging::error_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -87,7 +87,7 @@ async fn serve_until_exit(args: Args) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!("{}", logging::error_line(&*e));
             ExitCode::FAILURE
         }
     }

@@ -1,5 +1,8 @@
-//! Typed errors. Each message says what failed and what the user can do about it.
+//! Typed errors. Each message says what failed and what the user can do about it. A cause
+//! (the operating system's error) is never in the message: it is the error's `source()`, so
+//! printing the message and then its causes prints each once.
 
+use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -14,7 +17,7 @@ pub enum Error {
     Inherit(#[from] InheritError),
 
     /// A listening socket could not be created.
-    #[error("cannot listen on {address}: {source}; is another process using it? Stop it or pick another address")]
+    #[error("cannot listen on {address}{}", in_use_hint(source))]
     Bind {
         /// The address as it was asked for.
         address: String,
@@ -57,7 +60,7 @@ pub enum Error {
     NoRuntime,
 
     /// The process cannot describe how it was started, so it could not be upgraded.
-    #[error("cannot determine how this process was started ({what}): {source}")]
+    #[error("cannot determine how this process was started ({what})")]
     StartInfo {
         /// Which part of the start information was missing.
         what: &'static str,
@@ -67,12 +70,12 @@ pub enum Error {
 
     /// Telling the previous process that this one is ready failed.
     #[error(
-        "cannot report readiness to the previous process: {0}; it will roll back and keep serving"
+        "cannot report readiness to the previous process, which will roll back and keep serving"
     )]
     Ready(#[source] io::Error),
 
     /// The pid file could not be written.
-    #[error("cannot write the pid file {path}: {source}; check that its directory exists and is writable")]
+    #[error("cannot write the pid file {path} (check that its directory exists and is writable)")]
     PidFile {
         /// The pid file.
         path: PathBuf,
@@ -81,7 +84,7 @@ pub enum Error {
     },
 
     /// Installing the signal handlers failed.
-    #[error("cannot install a handler for {signal}: {source}")]
+    #[error("cannot install a handler for {signal}")]
     Signal {
         /// The signal's name.
         signal: &'static str,
@@ -90,13 +93,38 @@ pub enum Error {
     },
 
     /// Another I/O error while serving.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: &'static str,
         /// What the operating system said.
         source: io::Error,
     },
+}
+
+/// The hint for an address in use; another error binding says enough through its cause.
+fn in_use_hint(source: &io::Error) -> &'static str {
+    if source.kind() == io::ErrorKind::AddrInUse {
+        ": the address is in use; stop the process using it or pick another address"
+    } else {
+        ""
+    }
+}
+
+/// An error and its causes on one line, joined with ": ", for logs and answers that must say
+/// everything in one sentence.
+pub(crate) struct WithCauses<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for WithCauses<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(error) = cause {
+            write!(f, ": {error}")?;
+            cause = error.source();
+        }
+        Ok(())
+    }
 }
 
 /// Why inherited listeners or the readiness fd could not be adopted.
@@ -157,7 +185,9 @@ pub enum UpgradeError {
     NotReady,
 
     /// The new process could not be started at all.
-    #[error("cannot start the new process {program}: {source}; check that the file exists and is executable")]
+    #[error(
+        "cannot start the new process {program} (check that the file exists and is executable)"
+    )]
     Spawn {
         /// The program that was started.
         program: PathBuf,
@@ -166,7 +196,7 @@ pub enum UpgradeError {
     },
 
     /// The working directory the new process would start in is gone.
-    #[error("cannot start the new process in {dir}, the directory this server was started from: {source}; it was removed or replaced: re-create it, or start the server from a directory that stays")]
+    #[error("cannot start the new process in {dir}, the directory this server was started from (it was removed or replaced: re-create it, or start the server from a directory that stays)")]
     WorkingDirectory {
         /// The working directory of the old process when it started.
         dir: PathBuf,
@@ -209,7 +239,7 @@ pub enum UpgradeError {
     },
 
     /// Waiting for the new process failed.
-    #[error("cannot watch new process {pid}: {source}")]
+    #[error("cannot watch new process {pid}")]
     Watch {
         /// Its process id.
         pid: u32,
@@ -262,5 +292,123 @@ impl UpgradeError {
             | UpgradeError::Spawn { .. }
             | UpgradeError::WorkingDirectory { .. } => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAUSE: &str = "the cause said by the operating system";
+
+    fn cause() -> io::Error {
+        io::Error::other(CAUSE)
+    }
+
+    /// The message leaves the cause out, `source()` returns it, and one line shows both once.
+    fn assert_cause_once(error: &(dyn std::error::Error + 'static), message: &str) {
+        let text = error.to_string();
+        assert_eq!(text, message);
+        assert!(!text.contains(CAUSE), "{text}");
+        assert_eq!(error.source().map(ToString::to_string), Some(CAUSE.into()));
+        assert_eq!(WithCauses(error).to_string(), format!("{message}: {CAUSE}"));
+    }
+
+    #[test]
+    fn each_error_with_a_cause_prints_it_once() {
+        let cases: Vec<(Box<dyn std::error::Error>, &str)> = vec![
+            (
+                Box::new(Error::Bind {
+                    address: "127.0.0.1:80".into(),
+                    source: cause(),
+                }),
+                "cannot listen on 127.0.0.1:80",
+            ),
+            (
+                Box::new(Error::StartInfo {
+                    what: "working directory",
+                    source: cause(),
+                }),
+                "cannot determine how this process was started (working directory)",
+            ),
+            (
+                Box::new(Error::Ready(cause())),
+                "cannot report readiness to the previous process, which will roll back and keep serving",
+            ),
+            (
+                Box::new(Error::PidFile {
+                    path: "/run/app.pid".into(),
+                    source: cause(),
+                }),
+                "cannot write the pid file /run/app.pid (check that its directory exists and is writable)",
+            ),
+            (
+                Box::new(Error::Signal {
+                    signal: "SIGHUP",
+                    source: cause(),
+                }),
+                "cannot install a handler for SIGHUP",
+            ),
+            (
+                Box::new(Error::Io {
+                    what: "cannot register a listener with the runtime",
+                    source: cause(),
+                }),
+                "cannot register a listener with the runtime",
+            ),
+            (
+                Box::new(UpgradeError::Spawn {
+                    program: "/usr/bin/app".into(),
+                    source: cause(),
+                }),
+                "cannot start the new process /usr/bin/app (check that the file exists and is executable)",
+            ),
+            (
+                Box::new(UpgradeError::WorkingDirectory {
+                    dir: "/srv/app".into(),
+                    source: cause(),
+                }),
+                "cannot start the new process in /srv/app, the directory this server was started from (it was removed or replaced: re-create it, or start the server from a directory that stays)",
+            ),
+            (
+                Box::new(UpgradeError::Watch {
+                    pid: 42,
+                    source: cause(),
+                }),
+                "cannot watch new process 42",
+            ),
+        ];
+        for (error, message) in &cases {
+            assert_cause_once(error.as_ref(), message);
+        }
+    }
+
+    #[test]
+    fn only_an_address_in_use_gets_the_hint_about_another_process() {
+        let bind = |kind: io::ErrorKind| Error::Bind {
+            address: "127.0.0.1:80".into(),
+            source: kind.into(),
+        };
+        let in_use = bind(io::ErrorKind::AddrInUse).to_string();
+        assert_eq!(
+            in_use,
+            "cannot listen on 127.0.0.1:80: the address is in use; stop the process using it or pick another address"
+        );
+        let denied = bind(io::ErrorKind::PermissionDenied);
+        assert_eq!(denied.to_string(), "cannot listen on 127.0.0.1:80");
+        assert_eq!(
+            WithCauses(&denied).to_string(),
+            "cannot listen on 127.0.0.1:80: permission denied"
+        );
+    }
+
+    #[test]
+    fn a_transparent_inherit_error_is_printed_once() {
+        let error = Error::from(InheritError::Missing {
+            present: "OCTOPUS_LISTENERS",
+            missing: "OCTOPUS_READY_FD",
+        });
+        assert!(error.to_string().starts_with("OCTOPUS_LISTENERS is set"));
+        assert_eq!(WithCauses(&error).to_string(), error.to_string());
     }
 }

@@ -118,6 +118,7 @@ mod key;
 mod lifecycle;
 mod listeners;
 mod notify;
+mod peer;
 mod pidfile;
 mod process;
 mod readiness;
@@ -135,9 +136,12 @@ pub use drain::{Drain, DrainReport, Draining, Hold};
 pub use error::{Error, InheritError, UpgradeError};
 pub use generation::{Connections, Listener};
 pub use lifecycle::{AfterUpgrade, Handle, Octopus, Stop};
-pub use serve::{serve, OwnOctopus, Server};
+pub use peer::Peer;
+pub use serve::{serve, OwnOctopus, Serve, Server};
 #[cfg(feature = "tls")]
 pub use tls::tls_config_from_files;
-/// The rustls crate, for building a TLS configuration by hand.
+/// The rustls version octopus is built with. [`Server::bind_tls`] takes its `ServerConfig`: build
+/// one with [`tls_config_from_files`], or by hand through this path (client certificates, a
+/// certificate resolver) so that its version is always the one `bind_tls` expects.
 #[cfg(feature = "tls")]
 pub use tokio_rustls::rustls;

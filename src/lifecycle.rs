@@ -16,7 +16,7 @@ use crate::config::OctopusBuilder;
 use crate::control::{self, Facts, Gate, ListenerStats};
 use crate::drain::{DrainReport, DEFAULT_DRAIN_TIMEOUT};
 use crate::env::{Handover, LISTENERS_VAR, READY_FD_VAR};
-use crate::error::{Error, UpgradeError};
+use crate::error::{Error, UpgradeError, WithCauses};
 use crate::fds;
 use crate::generation::{Connections, Listener};
 use crate::key::ListenerKey;
@@ -563,6 +563,7 @@ impl Handle {
                 }
                 UpgradeError::Cancelled { .. } => tracing::warn!("{e}"),
                 _ => {
+                    let e = WithCauses(e);
                     tracing::error!("upgrade failed; the old process keeps serving: {e}");
                     notify::upgrade_ended(&format!("serving; upgrade failed: {e}"));
                 }

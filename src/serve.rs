@@ -1,13 +1,16 @@
 //! The one-call HTTP entry: serve a tower service (an axum `Router` as is) gracefully, on TCP,
 //! Unix domain sockets and TLS.
 
+use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::accept::Accept;
 use crate::connection::{serve_connection, HttpService};
@@ -15,7 +18,8 @@ use crate::control::ListenerStats;
 use crate::drain::{Drain, DrainReport, DEFAULT_DRAIN_TIMEOUT};
 use crate::error::Error;
 use crate::generation::{self, Served};
-use crate::lifecycle::Octopus;
+use crate::lifecycle::{Octopus, WeakHandle};
+use crate::peer::{Peer, PeerAddr, WithPeer};
 use crate::stream::{AnyListener, AnyStream};
 #[cfg(feature = "tls")]
 use crate::tls::Handshake;
@@ -68,8 +72,12 @@ pub struct Server<O = OwnOctopus> {
     header_read_timeout: Option<Duration>,
     drain_timeout: Duration,
     idle_grace: Duration,
+    shutdown_signal: Option<ShutdownSignal>,
     through: PhantomData<O>,
 }
+
+/// A future that starts the graceful shutdown when it completes.
+type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Marks a [`Server`] that starts its own [`Octopus`], with the default options, when it serves
 /// ([`Server::new`]). A `Server<Octopus>` serves through one made beforehand ([`Octopus::server`]).
@@ -86,7 +94,8 @@ enum Endpoint {
 }
 
 /// Serves `service` on `address` until a graceful shutdown, with the defaults of [`Server`] and
-/// [`Octopus`]: the counterpart of Octopus's `GracefulServe(server, killMaster)`.
+/// [`Octopus`]: the counterpart of Octopus's `GracefulServe(server, killMaster)`. Await it; before
+/// that, [`Serve::with_graceful_shutdown`] adds a future that shuts the server down, as in axum.
 ///
 /// ```no_run
 /// # #[tokio::main] async fn main() -> Result<(), octopus::Error> {
@@ -94,8 +103,50 @@ enum Endpoint {
 /// octopus::serve("127.0.0.1:8080", app).await?;
 /// # Ok(()) }
 /// ```
-pub async fn serve<S: HttpService>(address: &str, service: S) -> Result<DrainReport, Error> {
-    Server::new().bind(address).serve(service).await
+pub fn serve<S: HttpService>(address: &str, service: S) -> Serve<S> {
+    Serve {
+        server: Server::new().bind(address),
+        service,
+    }
+}
+
+/// What [`serve`] returns: await it to serve.
+#[must_use = "a server serves only once awaited"]
+pub struct Serve<S> {
+    server: Server,
+    service: S,
+}
+
+impl<S> Serve<S> {
+    /// Starts the graceful shutdown when `signal` completes, exactly as SIGTERM does; the signals
+    /// keep working beside it. See [`Server::with_graceful_shutdown`].
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), octopus::Error> {
+    /// let app = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong\n" }));
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// # drop(stop);
+    /// octopus::serve("127.0.0.1:8080", app)
+    ///     .with_graceful_shutdown(async { stopped.await.ok(); })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_graceful_shutdown<F>(mut self, signal: F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.server = self.server.with_graceful_shutdown(signal);
+        self
+    }
+}
+
+impl<S: HttpService> IntoFuture for Serve<S> {
+    type Output = Result<DrainReport, Error>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.server.serve(self.service))
+    }
 }
 
 impl Server {
@@ -150,6 +201,7 @@ impl<O> Server<O> {
             header_read_timeout: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             idle_grace: DEFAULT_IDLE_GRACE,
+            shutdown_signal: None,
             through: PhantomData,
         }
     }
@@ -171,14 +223,60 @@ impl<O> Server<O> {
     }
 
     /// Adds a TLS listener on `HOST:PORT`, with a configuration such as
-    /// [`tls_config_from_files`](crate::tls_config_from_files) makes (ALPN `h2` and `http/1.1`).
+    /// [`tls_config_from_files`](crate::tls_config_from_files) makes (ALPN `h2` and `http/1.1`),
+    /// or one built by hand with [`octopus::rustls`](crate::rustls). Each request's
+    /// [`Peer`](crate::Peer) tells the protocol ALPN settled and the server name the client asked
+    /// for.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use octopus::rustls;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (chain, key) = (vec![], rustls::pki_types::PrivateKeyDer::Pkcs8(vec![].into()));
+    /// let provider = Arc::new(rustls::crypto::ring::default_provider());
+    /// let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    ///     .with_safe_default_protocol_versions()?
+    ///     .with_no_client_auth()
+    ///     .with_single_cert(chain, key)?;
+    /// tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    /// let server = octopus::Server::new().bind_tls("0.0.0.0:8443", Arc::new(tls));
+    /// # Ok(()) }
+    /// ```
     #[cfg(feature = "tls")]
     pub fn bind_tls(
         mut self,
         address: impl Into<String>,
-        config: Arc<tokio_rustls::rustls::ServerConfig>,
+        config: Arc<crate::rustls::ServerConfig>,
     ) -> Self {
         self.endpoints.push(Endpoint::Tls(address.into(), config));
+        self
+    }
+
+    /// Starts the graceful shutdown when `signal` completes, exactly as SIGTERM or
+    /// [`Handle::shutdown`](crate::Handle::shutdown) does (a pre-drain delay included). Signals
+    /// keep working beside it unless [`OctopusBuilder::handle_signals`](crate::OctopusBuilder::handle_signals) switches them off; a future that
+    /// never completes changes nothing, and it is dropped when the server returns.
+    ///
+    /// ```no_run
+    /// use octopus::Server;
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), octopus::Error> {
+    /// # let app = axum::Router::new();
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// # drop(stop);
+    /// Server::new()
+    ///     .bind("127.0.0.1:8080")
+    ///     .with_graceful_shutdown(async { stopped.await.ok(); })
+    ///     .serve(app)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_graceful_shutdown<F>(mut self, signal: F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.shutdown_signal = Some(Box::pin(signal));
         self
     }
 
@@ -225,6 +323,9 @@ impl<O> Server<O> {
             Some(octopus) => octopus,
             None => Octopus::new()?,
         };
+        let _stop_watching = self
+            .shutdown_signal
+            .map(|signal| watch_shutdown_signal(signal, octopus.handle().downgrade()));
         let http = Http {
             builder: Arc::new(http_builder(self.header_read_timeout)),
             service,
@@ -244,6 +345,26 @@ impl<O> Server<O> {
     }
 }
 
+/// Starts the graceful shutdown once `signal` completes, unless the returned guard is dropped
+/// first (the server returned): the future does not outlive the server, and the handle is weak
+/// so that it does not keep this generation alive either.
+fn watch_shutdown_signal(signal: ShutdownSignal, handle: WeakHandle) -> DropGuard {
+    let unwatched = CancellationToken::new();
+    let cancelled = unwatched.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = signal => {
+                if let Some(handle) = handle.upgrade() {
+                    tracing::info!("shutdown future completed");
+                    handle.shutdown();
+                }
+            }
+            () = cancelled.cancelled() => {}
+        }
+    });
+    unwatched.drop_guard()
+}
+
 struct Http<S> {
     builder: Arc<auto::Builder<TokioExecutor>>,
     service: S,
@@ -256,7 +377,7 @@ impl<S: HttpService> Http<S> {
         &self,
         tls: Option<Handshake>,
         stats: Arc<ListenerStats>,
-    ) -> impl FnMut(AnyStream, Option<std::net::SocketAddr>, &Drain) + Send + 'static {
+    ) -> impl FnMut(AnyStream, PeerAddr, &Drain) + Send + 'static {
         let builder = self.builder.clone();
         let service = self.service.clone();
         let idle_grace = self.idle_grace;
@@ -269,6 +390,7 @@ impl<S: HttpService> Http<S> {
                 let in_flight = slot.in_flight();
                 let served = match tls {
                     None => {
+                        let service = WithPeer::new(service, Peer::new(peer.clone()));
                         serve_connection(
                             &builder, stream, service, drain, draining, idle_grace, in_flight,
                         )
@@ -277,6 +399,8 @@ impl<S: HttpService> Http<S> {
                     #[cfg(feature = "tls")]
                     Some(tls) => match tls.accept(stream).await {
                         Ok(stream) => {
+                            let peer = Peer::tls(peer.clone(), stream.get_ref().1);
+                            let service = WithPeer::new(service, peer);
                             serve_connection(
                                 &builder, stream, service, drain, draining, idle_grace, in_flight,
                             )
@@ -288,7 +412,7 @@ impl<S: HttpService> Http<S> {
                     Some(never) => match never {},
                 };
                 if let Err(e) = served {
-                    tracing::debug!(?peer, "connection ended with an error: {e}");
+                    tracing::debug!(%peer, "connection ended with an error: {e}");
                 }
                 drop(slot);
             });

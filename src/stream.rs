@@ -1,14 +1,14 @@
 //! The kinds of socket a server accepts on: TCP and Unix domain stream sockets.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
-use crate::accept::{accept_unix_now, Accept};
+use crate::accept::Accept;
+use crate::peer::PeerAddr;
 
 /// A listening socket of either kind.
 #[derive(Debug)]
@@ -26,32 +26,34 @@ pub(crate) enum AnyStream {
 
 impl Accept for AnyListener {
     type Stream = AnyStream;
-    /// The peer's address for TCP (a Unix peer has none worth naming).
-    type Peer = Option<SocketAddr>;
+    type Peer = PeerAddr;
 
-    async fn accept(&self) -> io::Result<(AnyStream, Option<SocketAddr>)> {
+    async fn accept(&self) -> io::Result<(AnyStream, PeerAddr)> {
         match self {
             AnyListener::Tcp(listener) => {
                 let (stream, peer) = listener.accept().await?;
                 // Small responses go out at once instead of waiting for Nagle's algorithm.
                 let _ = stream.set_nodelay(true);
-                Ok((AnyStream::Tcp(stream), Some(peer)))
+                Ok((AnyStream::Tcp(stream), PeerAddr::Tcp(peer)))
             }
             AnyListener::Unix(listener) => {
-                let (stream, _) = listener.accept().await?;
-                Ok((AnyStream::Unix(stream), None))
+                let (stream, peer) = listener.accept().await?;
+                Ok((AnyStream::Unix(stream), PeerAddr::Unix(peer)))
             }
         }
     }
 
-    fn accept_now(&self) -> io::Result<(AnyStream, Option<SocketAddr>)> {
+    fn accept_now(&self) -> io::Result<(AnyStream, PeerAddr)> {
         match self {
             AnyListener::Tcp(listener) => {
                 let (stream, peer) = listener.accept_now()?;
                 let _ = stream.set_nodelay(true);
-                Ok((AnyStream::Tcp(stream), Some(peer)))
+                Ok((AnyStream::Tcp(stream), PeerAddr::Tcp(peer)))
             }
-            AnyListener::Unix(listener) => Ok((AnyStream::Unix(accept_unix_now(listener)?), None)),
+            AnyListener::Unix(listener) => {
+                let (stream, peer) = listener.accept_now()?;
+                Ok((AnyStream::Unix(stream), PeerAddr::Unix(peer)))
+            }
         }
     }
 

@@ -1,9 +1,8 @@
 //! The framework examples (`examples/axum.rs`, `examples/tower.rs`): an axum `Router` with state
-//! and a plain tower service, served by octopus, answer, shut down and upgrade gracefully.
+//! and a plain tower service, served by octopus, answer, shut down and upgrade gracefully. The
+//! axum example needs the `axum` feature: `cargo test --features axum` runs its tests.
 
 mod support;
-
-use std::time::Instant;
 
 use rustix::process::Signal;
 use support::*;
@@ -35,6 +34,7 @@ fn hup_upgrades(example: &str) {
     assert_eq!(answer(port, "/ping"), (200, "pong\n".into()));
 }
 
+#[cfg(feature = "axum")]
 #[test]
 fn axum_routes_answer_with_shared_state() {
     let server = start("axum", &[]);
@@ -49,6 +49,7 @@ fn axum_routes_answer_with_shared_state() {
     assert_eq!(answer(port, "/nowhere").0, 404);
 }
 
+#[cfg(feature = "axum")]
 #[test]
 fn axum_pre_drain_reports_draining_while_still_serving_then_exits_0() {
     // Two seconds of pre-drain: room for the requests below on a loaded machine.
@@ -56,7 +57,7 @@ fn axum_pre_drain_reports_draining_while_still_serving_then_exits_0() {
     let port = server.port();
     assert_eq!(answer(port, "/ready").0, 200);
 
-    let asked = Instant::now();
+    let asked = std::time::Instant::now();
     signal(server.first_pid(), Signal::TERM);
     server.wait_for(&["graceful shutdown started; still accepting"]);
     assert_eq!(answer(port, "/ready"), (503, "draining\n".into()));
@@ -81,6 +82,22 @@ fn axum_pre_drain_reports_draining_while_still_serving_then_exits_0() {
     assert!(get(port, "/ping").is_err(), "the listener is closed");
 }
 
+#[cfg(feature = "axum")]
+#[test]
+fn axum_connect_info_answers_the_client_address() {
+    let server = start("axum", &[]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let client = stream.local_addr().unwrap();
+    let reply = get_on(&mut stream, "/ip").unwrap();
+    assert_eq!(
+        (reply.status, reply.body),
+        (200, format!("{client}\n")),
+        "a plain Router's ConnectInfo<SocketAddr> extractor gets the client's address"
+    );
+}
+
+#[cfg(feature = "axum")]
 #[test]
 fn axum_hup_upgrades_on_the_same_port() {
     hup_upgrades("axum");

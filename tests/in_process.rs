@@ -341,3 +341,66 @@ async fn connections_on_a_unix_socket_are_served_and_drained() {
         "the socket is closed, though its path stays"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_future_stops_the_server_and_the_request_in_flight_completes() {
+    let (started, mut request_started) = tokio::sync::mpsc::channel::<()>(1);
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let released = release.clone();
+    let slow = move || {
+        let (started, released) = (started.clone(), released.clone());
+        async move {
+            started.send(()).await.unwrap();
+            released.notified().await;
+            "done\n"
+        }
+    };
+    let app = axum::Router::new().route("/slow", axum::routing::get(slow));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let on_stop = |s: Server<Octopus>| {
+        s.drain_timeout(Duration::from_secs(10))
+            .with_graceful_shutdown(async move {
+                stopped.await.ok();
+            })
+    };
+    let Running {
+        port,
+        handle,
+        server,
+    } = start(on_stop, app);
+
+    let client = tokio::task::spawn_blocking(move || get(port, "/slow"));
+    tokio::time::timeout(Duration::from_secs(10), request_started.recv())
+        .await
+        .expect("the request reaches the service")
+        .unwrap();
+    assert!(!handle.is_stopping());
+
+    stop.send(()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !handle.is_stopping() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shutdown future started no shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!server.is_finished(), "the drain waits for the request");
+
+    release.notify_one();
+    let reply = client.await.unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.ends_with("done\n"),
+        "{reply}"
+    );
+    let report = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server stops once the request is answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.cut, 0);
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the listener is closed"
+    );
+}

@@ -20,6 +20,19 @@ pub struct Logging {
     dropped: ErrorCounter,
 }
 
+/// An error and its causes on one line, joined with ": ": what an example logs when it exits
+/// on an error.
+pub fn error_line(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        line.push_str(": ");
+        line.push_str(&error.to_string());
+        cause = error.source();
+    }
+    line
+}
+
 /// Installs the global subscriber: plain text on stderr, through the non-blocking writer.
 pub fn init() -> Logging {
     let (writer, guard) = NonBlockingBuilder::default()

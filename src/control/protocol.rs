@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::error::UpgradeError;
+use crate::error::{UpgradeError, WithCauses};
 
 /// The protocol version this server speaks, sent in every answer as `"v"`.
 pub(crate) const VERSION: u64 = 1;
@@ -121,7 +121,7 @@ fn answer(ok: bool, fields: Value) -> Vec<u8> {
 /// script can test) and what else is known (`pid`, `exit_code`, `signal`).
 pub(crate) fn upgrade_error(e: &UpgradeError) -> Value {
     use std::os::unix::process::ExitStatusExt;
-    let mut fields = json!({ "error": e.to_string(), "reason": e.reason() });
+    let mut fields = json!({ "error": WithCauses(e).to_string(), "reason": e.reason() });
     let extra = match e {
         UpgradeError::Exited { pid, status } => {
             json!({ "pid": pid, "exit_code": status.code(), "signal": status.signal() })
