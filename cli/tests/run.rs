@@ -51,8 +51,16 @@ impl Run {
     }
 
     fn start_from(binary: &Path, extra: &[&str]) -> Run {
+        Self::start_program(binary, extra, None)
+    }
+
+    /// Runs `program`, or the Python server through a script a test may replace.
+    fn start_program(binary: &Path, extra: &[&str], program: Option<&Path>) -> Run {
         let dir = tempfile::tempdir().unwrap();
-        let app = write_app(dir.path(), "ok");
+        let app = match program {
+            Some(program) => program.to_path_buf(),
+            None => write_app(dir.path(), "ok"),
+        };
         let control = dir.path().join("control.sock");
         let mut args = vec![
             "run",
@@ -124,34 +132,35 @@ impl Run {
     fn app(&self, mode: &str) {
         write_app(self.dir.path(), mode);
     }
-
-    /// Every instance this supervisor logged starting.
-    fn instances(&self) -> Vec<u32> {
-        self.supervisor
-            .log_text()
-            .lines()
-            .filter(|l| l.contains(" started") && l.contains("instance "))
-            .filter_map(|l| {
-                l.split("instance ")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .collect()
-    }
 }
 
 impl Drop for Run {
     fn drop(&mut self) {
         // Instances lead process groups of their own, outside the supervisor's.
-        for pid in self.instances() {
+        for pid in children(self.pid()) {
             if let Some(pgid) = rustix::process::Pid::from_raw(pid as i32) {
                 let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
             }
         }
     }
+}
+
+/// The children of `parent`, from /proc.
+fn children(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -210,6 +219,36 @@ fn sockets_of(pid: u32) -> Vec<u32> {
     fds
 }
 
+/// The kinds of the fds of `pid` once two reads agree: a control client the test just closed
+/// is gone.
+fn quiet_fds(pid: u32) -> Vec<String> {
+    let mut last = fd_kinds(pid);
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = fd_kinds(pid);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the fds of {pid} keep changing: {last:?}");
+}
+
+/// The fds above stderr of `pid` that are not close-on-exec (fdinfo `flags`, octal).
+fn inherited_by_exec(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let fd: u32 = e.file_name().to_str()?.parse().ok()?;
+            let info = std::fs::read_to_string(e.path()).ok()?;
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim();
+            let flags = u32::from_str_radix(flags, 8).ok()?;
+            (fd > 2 && flags & 0o2000000 == 0).then_some(fd)
+        })
+        .collect()
+}
+
 fn mkfifo(path: &Path) {
     rustix::fs::mknodat(
         rustix::fs::CWD,
@@ -232,7 +271,7 @@ fn upgrades_under_load_fail_no_request_and_refuse_no_connection() {
     let first = run.serving();
     assert_eq!(pid_answering(run.port), first);
     let load = Load::start(run.port);
-    let supervisor_fds = fd_kinds(run.pid());
+    let supervisor_fds = quiet_fds(run.pid());
     let socket = fd3(first);
     let mut old = first;
     for _ in 0..3 {
@@ -443,7 +482,6 @@ fn sigterm_lets_the_slow_request_finish_then_exits_0_and_removes_its_files() {
         TcpStream::connect(("127.0.0.1", run.port)).is_err(),
         "the listener is closed"
     );
-    run.dir = tempfile::tempdir().unwrap();
 }
 
 #[test]
@@ -475,4 +513,146 @@ fn status_shows_the_supervisor_its_instance_and_listeners() {
         1,
         "other notify messages are logged"
     );
+}
+
+#[test]
+fn the_supervisor_reexecs_in_place_and_its_instance_keeps_serving_under_load() {
+    let bin = tempfile::tempdir().unwrap();
+    let copy = bin.path().join("octopus");
+    std::fs::copy(octopus_binary(), &copy).unwrap();
+    let mut run = Run::start_from(&copy, &[]);
+    let instance = run.serving();
+    let load = Load::start(run.port);
+
+    let output = run.octopus(&["upgrade", "--supervisor"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains(&format!("instance {instance} kept serving")),
+        "{}",
+        text(&output.stderr)
+    );
+    let status = run.status();
+    assert_eq!(status["pid"], run.pid(), "the same process: {status}");
+    assert_eq!(status["generation"], 2, "{status}");
+    assert_eq!(run.serving(), instance, "the instance was not touched");
+    let fds = quiet_fds(run.pid());
+    let inherited = inherited_by_exec(run.pid());
+
+    signal(run.pid(), Signal::USR2);
+    eventually("SIGUSR2 re-executes the supervisor", || {
+        run.status()["generation"] == 3
+    });
+    assert_eq!(run.serving(), instance);
+    assert_eq!(quiet_fds(run.pid()), fds, "no fd leaks across a re-exec");
+    assert_eq!(
+        inherited_by_exec(run.pid()),
+        inherited,
+        "a re-exec passes on no fd of its own beyond the sockets it adopts"
+    );
+
+    // The new image reaps the instance it adopted when an upgrade replaces it.
+    let output = run.octopus(&["upgrade"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    eventually("the adopted instance is stopped and reaped", || {
+        is_gone(instance)
+    });
+
+    // A broken binary is refused while the running image goes on.
+    replace_with_script(&copy, "#!/bin/sh\nexit 1\n");
+    let output = run.octopus(&["upgrade", "--supervisor", "--json"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    assert_eq!(json(&output)["reason"], "preflight");
+    assert_eq!(run.status()["generation"], 3);
+
+    let (ok, failed) = load.stop();
+    assert_eq!(failed, 0, "{ok} answered");
+    signal(run.pid(), Signal::TERM);
+    assert_eq!(run.supervisor.wait_first_exit().code(), Some(0));
+    assert!(
+        !run.control.exists(),
+        "the re-executed supervisor removes what the first created"
+    );
+}
+
+#[test]
+fn http_readiness_asks_the_path_on_the_listener() {
+    let run = Run::start(&["--ready", "http:/ping"]);
+    let instance = run.serving();
+    let output = run.octopus(&["upgrade"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    eventually("the old instance is reaped", || is_gone(instance));
+    assert_eq!(
+        run.supervisor.count(&["says STATUS="]),
+        0,
+        "no NOTIFY_SOCKET in http mode"
+    );
+}
+
+/// The Go server (tests/servers/go), built once by this test binary; `None` without Go.
+fn go_server() -> Option<PathBuf> {
+    static BUILT: std::sync::OnceLock<Option<(tempfile::TempDir, PathBuf)>> =
+        std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if Command::new("go").arg("version").output().is_err() {
+                eprintln!("SKIPPED: `go` is not on PATH; install golang-go (Debian) to run the Go server tests");
+                return None;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let binary = dir.path().join("goserver");
+            let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/servers/go/main.go");
+            let mut command = Command::new("go");
+            command.arg("build").arg("-o").arg(&binary).arg(&source).env("CGO_ENABLED", "0");
+            let output = command.output().unwrap();
+            assert!(output.status.success(), "go build failed: {}", text(&output.stderr));
+            Some((dir, binary))
+        })
+        .as_ref()
+        .map(|(_, binary)| binary.clone())
+}
+
+#[test]
+fn a_go_net_http_server_upgrades_under_load_and_finishes_its_slow_request_on_sigterm() {
+    let Some(server) = go_server() else { return };
+    let mut run = Run::start_program(&octopus_binary(), &[], Some(&server));
+    let first = run.serving();
+    let load = Load::start(run.port);
+    let mut old = first;
+    for _ in 0..3 {
+        let output = run.octopus(&["upgrade"]);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+        let new: u32 = text(&output.stdout).trim().parse().unwrap();
+        eventually("the old Go instance drains and is reaped", || is_gone(old));
+        assert_eq!(pid_answering(run.port), new);
+        old = new;
+    }
+    let (ok, failed) = load.stop();
+    assert_eq!(failed, 0, "{ok} answered");
+    assert!(ok > 0);
+
+    let port = run.port;
+    let slow = std::thread::spawn(move || get(port, "/slow?ms=1500"));
+    eventually("the slow request is in flight", || {
+        // The Go server holds the accepted connection: one more socket than its listener.
+        sockets_of(old).len() > 1
+    });
+    signal(run.pid(), Signal::TERM);
+    let reply = slow
+        .join()
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert!(reply.body.starts_with("slow done"), "{reply:?}");
+    assert_eq!(run.supervisor.wait_first_exit().code(), Some(0));
+    assert!(is_gone(old));
+}
+
+#[test]
+fn tcp_readiness_sees_a_go_server_polling_its_listener() {
+    let Some(server) = go_server() else { return };
+    let run = Run::start_program(&octopus_binary(), &["--ready", "tcp"], Some(&server));
+    let first = run.serving();
+    let output = run.octopus(&["upgrade"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    eventually("the old instance is reaped", || is_gone(first));
+    assert_ne!(pid_answering(run.port), first);
 }

@@ -65,10 +65,10 @@ pub enum Check {
         address: SocketAddr,
         path: String,
     },
-    /// The listener fds 3..3+count of the instance `pid`.
+    /// The instance `pid` and the inodes of the listening sockets.
     Tcp {
         pid: u32,
-        count: usize,
+        sockets: Vec<u64>,
     },
     Delay(Duration),
 }
@@ -79,7 +79,7 @@ impl Check {
         pid: u32,
         notify: Option<NotifySocket>,
         first_tcp: Option<SocketAddr>,
-        count: usize,
+        sockets: Vec<u64>,
     ) -> Check {
         match (mode, notify) {
             (Ready::Notify, Some(socket)) => Check::Notify(socket),
@@ -87,7 +87,7 @@ impl Check {
                 address: reachable(first_tcp.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))),
                 path: path.clone(),
             },
-            (Ready::Tcp, _) => Check::Tcp { pid, count },
+            (Ready::Tcp, _) => Check::Tcp { pid, sockets },
             (Ready::Delay(delay), _) => Check::Delay(*delay),
             (Ready::Notify, None) => Check::Delay(Duration::ZERO),
         }
@@ -125,8 +125,8 @@ impl Check {
                 }
                 ready();
             }
-            Check::Tcp { pid, count } => {
-                while !accepting(pid, count) {
+            Check::Tcp { pid, sockets } => {
+                while !accepting(pid, &sockets) {
                     tokio::time::sleep(POLL).await;
                 }
                 ready();
@@ -168,24 +168,34 @@ async fn http_ok(address: SocketAddr, path: &str) -> bool {
     head.starts_with(b"HTTP/1.") && head[8] == b' ' && head[9] == b'2'
 }
 
-/// Whether the instance waits for connections on one of its listener fds: registered in one of
-/// its epoll sets, or a thread blocked in `accept` on it (Linux /proc). Servers that wait in
-/// `poll` or `select` are not seen; use `notify` or `http` for them.
-fn accepting(pid: u32, count: usize) -> bool {
-    let listener = |fd: u64| (3..3 + count as u64).contains(&fd);
+/// Whether the instance waits for connections on one of the listening sockets (by inode,
+/// whatever fd it moved them to): registered in one of its epoll sets, or a thread blocked in
+/// `accept` on it (Linux /proc). Servers that wait in `poll` or `select` are not seen; use
+/// `notify` or `http` for them.
+fn accepting(pid: u32, sockets: &[u64]) -> bool {
     let in_epoll = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).is_ok_and(|dir| {
         dir.flatten().any(|entry| {
             std::fs::read_to_string(entry.path()).is_ok_and(|info| {
-                info.lines().any(|line| {
-                    line.strip_prefix("tfd:")
-                        .and_then(|rest| rest.split_whitespace().next())
-                        .and_then(|fd| fd.parse().ok())
-                        .is_some_and(listener)
-                })
+                info.lines()
+                    .filter(|line| line.starts_with("tfd:"))
+                    .filter_map(|line| line.split_once(" ino:"))
+                    .filter_map(|(_, ino)| {
+                        u64::from_str_radix(ino.split_whitespace().next()?, 16).ok()
+                    })
+                    .any(|ino| sockets.contains(&ino))
             })
         })
     });
     let accept_calls = [libc::SYS_accept as u64, libc::SYS_accept4 as u64];
+    let is_listener = |fd: u64| {
+        std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).is_ok_and(|link| {
+            let link = link.to_string_lossy();
+            link.strip_prefix("socket:[")
+                .and_then(|rest| rest.strip_suffix(']'))
+                .and_then(|ino| ino.parse::<u64>().ok())
+                .is_some_and(|ino| sockets.contains(&ino))
+        })
+    };
     in_epoll
         || std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|dir| {
             dir.flatten().any(|task| {
@@ -195,7 +205,7 @@ fn accepting(pid: u32, count: usize) -> bool {
                     let fd = fields
                         .next()
                         .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
-                    number.is_some_and(|n| accept_calls.contains(&n)) && fd.is_some_and(listener)
+                    number.is_some_and(|n| accept_calls.contains(&n)) && fd.is_some_and(is_listener)
                 })
             })
         })

@@ -18,6 +18,8 @@ const REPLACED: [&str; 4] = [
     "LISTEN_FDNAMES",
     "NOTIFY_SOCKET",
 ];
+/// `close_range` marks the fds close-on-exec instead of closing them (Linux 5.11).
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 /// Room for the decimal digits of a pid.
 const PID_DIGITS: usize = 20;
 
@@ -45,7 +47,7 @@ pub fn spawn(launch: &Launch<'_>) -> io::Result<u32> {
     let mut command = std::process::Command::new(&program);
     command.process_group(0);
     // SAFETY: the closure runs in the forked child before exec. It makes only prctl, getppid,
-    // fcntl, dup2, getpid and execve calls (async-signal-safe), writes into buffers allocated before the
+    // fcntl, dup2, close_range, getrlimit, getpid and execve calls (async-signal-safe), writes into buffers allocated before the
     // fork (`moved`, the pid slot of `exec`), and the fds it reads stay open in the parent
     // until `spawn` returns.
     unsafe {
@@ -75,6 +77,25 @@ pub fn spawn(launch: &Launch<'_>) -> io::Result<u32> {
                 // dup2 clears close-on-exec on the new fd.
                 if libc::dup2(*fd, 3 + i as RawFd) < 0 {
                     return Err(io::Error::last_os_error());
+                }
+            }
+            // Whatever else this process inherited without close-on-exec (from whoever
+            // started the supervisor) stays out of the instance.
+            let after = first as libc::c_uint;
+            if libc::syscall(
+                libc::SYS_close_range,
+                after,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
+                let mut limit: libc::rlimit = std::mem::zeroed();
+                let top = match libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) {
+                    0 => limit.rlim_cur.min(1 << 16) as RawFd,
+                    _ => 1 << 16,
+                };
+                for fd in first..top {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                 }
             }
             exec.write_pid(libc::getpid());

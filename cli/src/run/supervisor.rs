@@ -200,13 +200,13 @@ impl Supervisor {
     /// The readiness check of instance `pid` by the `--ready` mode.
     pub fn check_for(&self, pid: u32, notify: Option<NotifySocket>) -> Check {
         let first_tcp = self.sockets.listeners.iter().find_map(|s| s.tcp);
-        Check::new(
-            &self.args.ready,
-            pid,
-            notify,
-            first_tcp,
-            self.sockets.listeners.len(),
-        )
+        let inodes = self
+            .sockets
+            .listeners
+            .iter()
+            .filter_map(|s| inode(&s.fd))
+            .collect();
+        Check::new(&self.args.ready, pid, notify, first_tcp, inodes)
     }
 
     pub fn retiring_instances(&self) -> impl Iterator<Item = &Instance> {
@@ -690,6 +690,11 @@ impl Supervisor {
         let _ = std::fs::remove_dir_all(&self.dir);
         self.sockets.close();
     }
+}
+
+/// The inode of a socket, as /proc shows it (`socket:[INODE]`, `ino:` in fdinfo).
+fn inode(fd: &std::os::fd::OwnedFd) -> Option<u64> {
+    rustix::fs::fstat(fd).ok().map(|stat| stat.st_ino)
 }
 
 async fn sleep_until(at: Option<Instant>) {
