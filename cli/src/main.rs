@@ -172,14 +172,16 @@ fn command(command: Command) -> Result<ExitCode, Failure> {
             }
             if client::is_ok(&answer) {
                 let new = client::number(&answer, "pid")?;
-                let old = client::number(&answer, "old_pid")?;
                 let ms = client::number(&answer, "duration_ms")?;
                 eprintln!("octopus: spawned pid {new}");
                 eprintln!("octopus: ready after {ms} ms");
-                if keep_old {
-                    eprintln!("octopus: old pid {old} keeps serving beside it");
-                } else {
-                    eprintln!("octopus: old pid {old} draining");
+                // Under `octopus run`, an upgrade may start the first instance after a crash.
+                match answer.get("old_pid").and_then(Value::as_u64) {
+                    None => eprintln!("octopus: no old instance was serving"),
+                    Some(old) if keep_old => {
+                        eprintln!("octopus: old pid {old} keeps serving beside it")
+                    }
+                    Some(old) => eprintln!("octopus: old pid {old} draining"),
                 }
                 if !common.json {
                     println!("{new}");

@@ -485,8 +485,8 @@ fn sigterm_lets_the_slow_request_finish_then_exits_0_and_removes_its_files() {
 }
 
 #[test]
-fn status_shows_the_supervisor_its_instance_and_listeners() {
-    let run = Run::start(&[]);
+fn status_shows_the_supervisor_its_instance_and_listeners_and_stop_waits_for_the_end() {
+    let mut run = Run::start(&[]);
     let instance = run.serving();
     let output = run.octopus(&["status"]);
     assert_eq!(output.status.code(), Some(0));
@@ -513,6 +513,11 @@ fn status_shows_the_supervisor_its_instance_and_listeners() {
         1,
         "other notify messages are logged"
     );
+    let stop = run.octopus(&["stop", "--wait", "--json"]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop.stderr));
+    assert_eq!(json(&stop)["exit_code"], 0);
+    assert!(is_gone(instance));
+    assert_eq!(run.supervisor.wait_first_exit().code(), Some(0));
 }
 
 #[test]

@@ -132,7 +132,11 @@ impl Supervisor {
             }
             self.reap();
             self.on_deadlines();
-            if let Some(code) = self.finished() {
+            if let Some((code, answered)) = self.finished() {
+                // `stop --wait` clients get their answer before the process exits.
+                for written in answered {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), written).await;
+                }
                 return code;
             }
         }
@@ -541,18 +545,23 @@ impl Supervisor {
     }
 
     /// The exit status once stopping is over: every instance reaped.
-    fn finished(&mut self) -> Option<u8> {
+    /// With each `stop --wait` client told, to be awaited until its answer is written.
+    fn finished(&mut self) -> Option<(u8, Vec<oneshot::Receiver<()>>)> {
         let stopping = self.stopping.as_mut()?;
         if self.serving.is_some() || self.candidate.is_some() || !self.retiring.is_empty() {
             return None;
         }
         let code = stopping.code.unwrap_or(0);
+        let mut answered = Vec::new();
         for waiter in stopping.waiters.drain(..) {
-            let _ = waiter.send(Answer::ok(
-                json!({"pid": std::process::id(), "exit_code": code}),
-            ));
+            let (written, done) = oneshot::channel();
+            let mut answer = Answer::ok(json!({"pid": std::process::id(), "exit_code": code}));
+            answer.written = Some(written);
+            if waiter.send(answer).is_ok() {
+                answered.push(done);
+            }
         }
-        Some(code)
+        Some((code, answered))
     }
 
     pub fn state(&self) -> &'static str {
