@@ -131,8 +131,19 @@ fn main() -> ExitCode {
 fn command(command: Command) -> Result<ExitCode, Failure> {
     match command {
         Command::Status { common } => {
-            let answer = Session::open(&common.control, STATUS_LIMIT)?
-                .ask(&json!({"v": 1, "cmd": "status"}))?;
+            let ask = || {
+                Session::open(&common.control, STATUS_LIMIT)?.ask(&json!({"v": 1, "cmd": "status"}))
+            };
+            // A connection cut before its answer: under `octopus run`, the supervisor was
+            // re-executing itself; the socket stays open across that, so asking again reaches
+            // the new image. Status only, as it changes nothing.
+            let answer = match ask() {
+                Err(Failure::Exchange { .. }) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    ask()?
+                }
+                answer => answer?,
+            };
             if common.json {
                 println!("{answer}");
             }

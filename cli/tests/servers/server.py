@@ -94,16 +94,23 @@ def main():
             fifo.read()
     if options.mode == "exit1":
         sys.exit(1)
+    # SIGTERM is taken by sigwait in the main thread, not by a handler: a handler runs between
+    # any two bytecodes and could find a lock it needs held by the code it interrupted.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    if options.mode == "never":
+        signal.sigwait({signal.SIGTERM})
+        return
     server = Server(("127.0.0.1", 0), Handler, bind_and_activate=False)
     server.socket.close()
     server.socket = inherited_socket()
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    if options.mode != "never":
-        notify("STATUS=serving")
-        notify("READY=1")
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    serving.start()
+    notify("STATUS=serving")
+    notify("READY=1")
     if options.mode == "crash-after-ready":
         threading.Timer(0.3, lambda: os._exit(2)).start()
-    server.serve_forever(poll_interval=0.05)
+    signal.sigwait({signal.SIGTERM})
+    server.shutdown()
     server.server_close()
 
 
