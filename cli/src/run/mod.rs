@@ -15,6 +15,7 @@ mod reexec;
 mod restart;
 mod sockets;
 mod spawn;
+mod status;
 mod supervisor;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;

@@ -26,14 +26,14 @@ pub enum Event {
     Preflight(Result<String, String>, Option<oneshot::Sender<Answer>>),
 }
 
-struct Candidate {
-    instance: Instance,
+pub(super) struct Candidate {
+    pub(super) instance: Instance,
     began: Instant,
     deadline: Instant,
     waiters: Vec<oneshot::Sender<Answer>>,
 }
 
-struct Stopping {
+pub(super) struct Stopping {
     waiters: Vec<oneshot::Sender<Answer>>,
     /// The exit status of the supervisor, once known.
     code: Option<u8>,
@@ -46,14 +46,14 @@ pub struct Supervisor {
     pub dir: PathBuf,
     pub events: mpsc::UnboundedSender<Event>,
     pub serving: Option<Instance>,
-    candidate: Option<Candidate>,
-    retiring: Vec<Instance>,
-    restart_at: Option<Instant>,
+    pub(super) candidate: Option<Candidate>,
+    pub(super) retiring: Vec<Instance>,
+    pub(super) restart_at: Option<Instant>,
     pub backoff: Backoff,
     pub restarts: u64,
     pub last_exit: Option<Exit>,
     pub last_upgrade: Option<Value>,
-    stopping: Option<Stopping>,
+    pub(super) stopping: Option<Stopping>,
     pub next_id: u64,
     pub started: Instant,
     /// Counts the images of this supervisor: 1, then one more at each re-exec.
@@ -562,61 +562,6 @@ impl Supervisor {
             }
         }
         Some((code, answered))
-    }
-
-    pub fn state(&self) -> &'static str {
-        if self.stopping.is_some() {
-            "stopping"
-        } else if self.candidate.is_some() {
-            "upgrading"
-        } else if self.restart_at.is_some() {
-            "restarting"
-        } else if self.serving.as_ref().is_some_and(|s| s.ready_at.is_some()) {
-            "serving"
-        } else {
-            "starting"
-        }
-    }
-
-    /// The `status` answer.
-    pub fn status(&self) -> Value {
-        let instance = |i: &Instance, role: &str| {
-            json!({
-                "pid": i.pid,
-                "role": role,
-                "ready": i.ready_at.is_some(),
-                "uptime_ms": millis(i.started.elapsed()),
-            })
-        };
-        let instances: Vec<Value> = self
-            .serving
-            .iter()
-            .map(|i| instance(i, "serving"))
-            .chain(self.candidate.iter().map(|c| instance(&c.instance, "new")))
-            .chain(self.retiring.iter().map(|i| instance(i, "old")))
-            .collect();
-        let listeners: Vec<Value> = self
-            .sockets
-            .listeners
-            .iter()
-            .enumerate()
-            .map(|(i, s)| json!({"key": s.name, "address": s.actual, "fd": 3 + i}))
-            .collect();
-        json!({
-            "supervisor": true,
-            "pid": std::process::id(),
-            "state": self.state(),
-            "generation": self.generation,
-            "uptime_ms": millis(self.started.elapsed()),
-            "program": self.args.command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>(),
-            "instances": instances,
-            "restarts": self.restarts,
-            "failures_in_a_row": self.backoff.in_a_row,
-            "next_restart_ms": self.restart_at.map(|at| millis(at.saturating_duration_since(Instant::now()))),
-            "last_exit": self.last_exit.map(|e| e.json()),
-            "last_upgrade": self.last_upgrade,
-            "listeners": listeners,
-        })
     }
 
     fn upgrade_supervisor(&mut self, reply: Option<oneshot::Sender<Answer>>) {
