@@ -661,3 +661,46 @@ fn tcp_readiness_sees_a_go_server_polling_its_listener() {
     eventually("the old instance is reaped", || is_gone(first));
     assert_ne!(pid_answering(run.port), first);
 }
+
+#[test]
+fn an_old_instance_deaf_to_the_stop_signal_is_killed_with_its_children_after_the_stop_timeout() {
+    let run = Run::start(&["--stop-timeout", "1"]);
+    let first = run.serving();
+    run.app("stubborn");
+    let output = run.octopus(&["upgrade"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let stubborn = run.serving();
+    let mut forked = Vec::new();
+    eventually("the stubborn instance forked its child", || {
+        forked = children(stubborn);
+        !forked.is_empty()
+    });
+    eventually("the first instance is reaped", || is_gone(first));
+    run.app("ok");
+    let output = run.octopus(&["upgrade"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    // SIGTERM is ignored; one second later, SIGKILL to the process group.
+    run.supervisor
+        .wait_for(&[&format!("instance {stubborn} did not exit within 1s")]);
+    eventually("the stubborn instance is killed and reaped", || {
+        is_gone(stubborn)
+    });
+    for child in forked {
+        eventually("its child is killed too", || {
+            reap_if_adopted(child);
+            is_gone(child)
+        });
+    }
+}
+
+#[test]
+fn an_instance_whose_supervisor_is_killed_is_told_to_stop() {
+    let run = Run::start(&[]);
+    let instance = run.serving();
+    signal(run.pid(), Signal::KILL);
+    // The parent-death signal (SIGTERM) stops the instance, which this subreaper test reaps.
+    eventually("the orphaned instance stops", || {
+        reap_if_adopted(instance);
+        is_gone(instance)
+    });
+}

@@ -9,7 +9,8 @@ Routes: GET /ping, GET /pid (its pid), GET /slow?ms=N[&mark=PATH] (answers after
 soon as the request is received).
 
 Options, for the tests: --mode ok | exit1 (exits 1 at start) | never (never ready) |
-crash-after-ready (exits 2 shortly after READY=1); --hold FIFO (if FIFO exists at start, reads it
+crash-after-ready (exits 2 shortly after READY=1) | stubborn (never exits on SIGTERM, and forks a
+child that does not either); --hold FIFO (if FIFO exists at start, reads it
 before anything else, so a test decides when this instance may start).
 """
 
@@ -109,6 +110,10 @@ def main():
     notify("READY=1")
     if options.mode == "crash-after-ready":
         threading.Timer(0.3, lambda: os._exit(2)).start()
+    if options.mode == "stubborn":
+        import subprocess
+        subprocess.Popen(["sleep", "600"])
+        threading.Event().wait()
     signal.sigwait({signal.SIGTERM})
     server.shutdown()
     server.server_close()
