@@ -181,3 +181,29 @@ pub fn wait_exit(pid: u32, limit: Duration) -> Result<(), Failure> {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Asks `status` until `done` holds for the answer (at most `limit`): for a process that
+/// answers again only once it has replaced itself.
+pub fn wait_status(
+    path: &Path,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Result<Value, Failure> {
+    let started = Instant::now();
+    loop {
+        let left = limit.saturating_sub(started.elapsed());
+        let asked = Session::open(path, left.max(Duration::from_millis(100)))
+            .and_then(|mut session| session.ask(&serde_json::json!({"v": 1, "cmd": "status"})));
+        match asked {
+            Ok(status) if done(&status) => return Ok(status),
+            Err(failure) if started.elapsed() > limit => return Err(failure),
+            _ if started.elapsed() > limit => {
+                return Err(Failure::Answer {
+                    path: path.into(),
+                    reason: format!("the status did not change within {limit:?}"),
+                })
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}

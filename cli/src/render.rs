@@ -112,6 +112,125 @@ pub fn status(answer: &Value, colours: bool) -> String {
     out
 }
 
+/// The `status` of an `octopus run` supervisor.
+pub fn supervisor_status(answer: &Value, colours: bool) -> String {
+    let mut out = String::new();
+    let state = text(&answer["state"]);
+    let state_colour = match state.as_str() {
+        "serving" => "32",
+        "upgrading" | "starting" => "33",
+        _ => "31",
+    };
+    let program: Vec<String> = answer["program"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    let last_exit = match &answer["last_exit"] {
+        Value::Null => "none".to_string(),
+        exit => match (&exit["exit_code"], &exit["signal"]) {
+            (Value::Number(code), _) => format!(
+                "pid {} exit code {code} at {}",
+                text(&exit["pid"]),
+                text(&exit["at"])
+            ),
+            (_, signal) => format!(
+                "pid {} killed by signal {} at {}",
+                text(&exit["pid"]),
+                text(signal),
+                text(&exit["at"])
+            ),
+        },
+    };
+    let last_upgrade = match &answer["last_upgrade"] {
+        Value::Null => "none".to_string(),
+        record if record["ok"] == true => format!(
+            "{} (new pid {}, {})",
+            paint("succeeded", "32", colours),
+            text(&record["pid"]),
+            duration(record["duration_ms"].as_u64().unwrap_or(0)),
+        ),
+        record => format!(
+            "{}: {}",
+            paint("rolled back", "31", colours),
+            text(&record["error"])
+        ),
+    };
+    let restarts = match answer["failures_in_a_row"].as_u64().unwrap_or(0) {
+        0 => text(&answer["restarts"]),
+        n => format!(
+            "{} ({})",
+            text(&answer["restarts"]),
+            paint(&format!("{n} failures in a row"), "31", colours)
+        ),
+    };
+    let rows = [
+        ("supervisor pid", text(&answer["pid"])),
+        ("state", paint(&state, state_colour, colours)),
+        ("generation", text(&answer["generation"])),
+        (
+            "uptime",
+            duration(answer["uptime_ms"].as_u64().unwrap_or(0)),
+        ),
+        ("program", program.join(" ")),
+        ("restarts", restarts),
+        ("last exit", last_exit),
+        ("last upgrade", last_upgrade),
+    ];
+    for (name, value) in rows {
+        let _ = writeln!(out, "{name:<15} {value}");
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{}",
+        paint(
+            &format!(
+                "{:<10} {:<8} {:<6} {}",
+                "INSTANCE", "ROLE", "READY", "UPTIME"
+            ),
+            "1",
+            colours
+        )
+    );
+    for instance in answer["instances"].as_array().into_iter().flatten() {
+        let ready = if instance["ready"] == true {
+            "yes"
+        } else {
+            "no"
+        };
+        let _ = writeln!(
+            out,
+            "{:<10} {:<8} {:<6} {}",
+            text(&instance["pid"]),
+            text(&instance["role"]),
+            ready,
+            duration(instance["uptime_ms"].as_u64().unwrap_or(0))
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{}",
+        paint(
+            &format!("{:<4} {:<24} {}", "FD", "LISTENER", "ADDRESS"),
+            "1",
+            colours
+        )
+    );
+    for listener in answer["listeners"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<4} {:<24} {}",
+            text(&listener["fd"]),
+            text(&listener["key"]),
+            text(&listener["address"])
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +268,32 @@ mod tests {
             "{shown}"
         );
         assert!(status(&answer, true).contains("\x1b[32mserving"));
+    }
+
+    #[test]
+    fn the_supervisor_table_shows_instances_restarts_and_listeners() {
+        let answer = serde_json::json!({
+            "v": 1, "ok": true, "supervisor": true, "pid": 10, "state": "serving", "generation": 1,
+            "uptime_ms": 5_000, "program": ["python3", "app.py"], "restarts": 2, "failures_in_a_row": 1,
+            "last_exit": {"pid": 11, "exit_code": 3, "signal": null, "at": "2025-01-01T00:00:00.000Z"},
+            "last_upgrade": null,
+            "instances": [{"pid": 12, "role": "serving", "ready": true, "uptime_ms": 900}],
+            "listeners": [{"fd": 3, "key": "web", "address": "127.0.0.1:8080"}]
+        });
+        let shown = supervisor_status(&answer, false);
+        assert!(shown.contains("program         python3 app.py"), "{shown}");
+        assert!(
+            shown.contains("restarts        2 (1 failures in a row)"),
+            "{shown}"
+        );
+        assert!(shown.contains("pid 11 exit code 3"), "{shown}");
+        assert!(
+            shown.contains("12         serving  yes    900 ms"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("3    web                      127.0.0.1:8080"),
+            "{shown}"
+        );
     }
 }
