@@ -36,7 +36,7 @@ impl fmt::Display for Failure {
                 let shown = path.display();
                 let hint = match error.kind() {
                     ErrorKind::NotFound => format!(
-                        "no control socket at {shown}; is the server running with this control path (Config::control_socket, --control)?"
+                        "no control socket at {shown}; is the server running with this control path (OctopusBuilder::control_socket, --control)?"
                     ),
                     ErrorKind::ConnectionRefused => format!(
                         "nothing answers on {shown} (a socket file left by a server that is gone); start the server"

@@ -38,7 +38,7 @@ struct Cli {
 
 #[derive(Debug, clap::Args)]
 struct Common {
-    /// The server's control socket (Config::control_socket, `hello --control PATH`)
+    /// The server's control socket (OctopusBuilder::control_socket, `hello --control PATH`)
     #[arg(long, value_name = "PATH")]
     control: PathBuf,
 

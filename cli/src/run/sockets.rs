@@ -32,7 +32,7 @@ impl Sockets {
     /// Binds or adopts every `--listen` socket and the control socket. Must run in a Tokio
     /// runtime; consumes `LISTEN_FDS` and friends from the environment.
     pub fn open(listen: &[Listen], control: Option<&PathBuf>) -> Result<Sockets, octopus::Error> {
-        let octopus = octopus::Octopus::new(octopus::Config::new().handle_signals(false))?;
+        let octopus = octopus::Octopus::builder().handle_signals(false).build()?;
         let mut listeners = Vec::new();
         for entry in listen {
             let (fd, actual, tcp): (OwnedFd, String, Option<SocketAddr>) = match &entry.address {
