@@ -180,7 +180,7 @@ impl Drain {
         self.draining.fire();
         self.tracker.close();
         let open_at_start = self.tracker.len();
-        let deadline = humantime::format_rfc3339_seconds(SystemTime::now() + timeout);
+        let deadline = humantime::format_rfc3339_millis(SystemTime::now() + timeout);
         tracing::info!(
             connections = open_at_start,
             "draining connections; deadline {deadline}"
@@ -209,7 +209,12 @@ impl Drain {
             elapsed: started.elapsed(),
         };
         if report.cut > 0 {
-            tracing::warn!(elapsed = ?report.elapsed, "drain deadline reached; cut {} connections", report.cut);
+            let plural = if report.cut == 1 { "" } else { "s" };
+            tracing::warn!(
+                elapsed = ?report.elapsed,
+                "drain deadline reached; cut {} connection{plural}",
+                report.cut
+            );
         } else {
             tracing::info!(elapsed = ?report.elapsed, "drain complete; every connection finished");
         }

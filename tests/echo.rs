@@ -173,7 +173,7 @@ fn a_line_never_finished_is_cut_at_the_drain_deadline() {
     client.wait_consumed(port);
 
     signal(server.first_pid(), Signal::TERM);
-    server.wait_for(&["drain deadline reached; cut 1 connections"]);
+    server.wait_for(&["drain deadline reached; cut 1 connection"]);
     assert_eq!(client.line(), "", "cut without an answer");
     assert!(server.wait_first_exit().success());
 }

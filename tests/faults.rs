@@ -338,7 +338,7 @@ fn a_request_longer_than_the_drain_is_cut_within_100ms_of_the_deadline_and_short
     );
     assert_eq!(read(long), None, "the long request is cut");
     let started = logged_at(&server.wait_for(&["draining connections"]));
-    let cut = logged_at(&server.wait_for(&["drain deadline reached", "cut 1 connections"]));
+    let cut = logged_at(&server.wait_for(&["drain deadline reached", "cut 1 connection"]));
     let took = cut.duration_since(started).unwrap();
     assert!(
         took >= Duration::from_secs(1) && took < Duration::from_millis(1100),
@@ -364,7 +364,7 @@ fn drain_timeout_zero_closes_at_once() {
         "took {:?}",
         started.elapsed()
     );
-    server.wait_for(&["cut 1 connections"]);
+    server.wait_for(&["cut 1 connection"]);
 }
 
 #[test]

@@ -79,7 +79,7 @@ fn term_cuts_a_request_longer_than_the_drain_timeout_at_the_deadline() {
         "cut after {elapsed:?}"
     );
     let line = server.wait_for(&["drain deadline reached"]);
-    assert!(line.contains("cut 1 connections"), "{line}");
+    assert!(line.contains("cut 1 connection "), "{line}");
     assert!(server.wait_first_exit().success());
 }
 
