@@ -5,8 +5,11 @@
 //!
 //! ```text
 //! cargo run --example echo -- -h 127.0.0.1 -p 7000
-//! nc 127.0.0.1 7000    # type lines; "pid" answers the serving process id
-//! kill -HUP <pid>      # upgrade: the line is finished, "bye"; new connections go to the new pid
+//! exec 3<>/dev/tcp/127.0.0.1/7000       # bash alone: a connection on fd 3
+//! echo hello >&3; read -r line <&3; echo "$line"    # hello
+//! echo pid >&3; read -r pid <&3; echo "$pid"        # the pid of the serving process
+//! kill -HUP $pid                        # upgrade: this connection gets "bye" and is closed;
+//! read -r line <&3; echo "$line"        # bye   (new connections go to the new pid)
 //! ```
 
 use std::process::ExitCode;

@@ -2,10 +2,10 @@
 //!
 //! ```text
 //! cargo run --example udp_echo -- -h 127.0.0.1 -p 7001
-//! nc -u 127.0.0.1 7001              # then type:
-//! hello                             # -> hello
-//! pid                               # -> the pid of the process that received the datagram
-//! wait 500                          # -> "waited 500", half a second later
+//! exec 4<>/dev/udp/127.0.0.1/7001   # bash alone: a UDP socket on fd 4
+//! echo hello >&4; timeout 1 cat <&4          # hello
+//! echo pid >&4; timeout 1 cat <&4            # the pid of the process that received the datagram
+//! echo wait 500 >&4; timeout 1 cat <&4       # "waited 500", half a second later
 //! kill -HUP <pid>                   # upgrade: the new process receives from now on
 //! ```
 //!
