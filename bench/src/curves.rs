@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::server::{free_port, Bins, Kind, Server};
+use crate::server::{Bins, Kind, Server};
 
 /// Connections opened at once (below the servers' accept backlog of 1024, so that no SYN is
 /// dropped and retried a second later).
@@ -268,10 +268,17 @@ async fn handover_point(
     bins: &Bins,
     logs: &Path,
 ) -> Result<(Point, Point), String> {
-    let ports: Vec<String> = (1..listeners)
-        .map(|_| free_port().map(|p| p.to_string()))
+    // All held bound until all are picked, so that no port is picked twice.
+    let held: Vec<std::net::TcpListener> = (1..listeners)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<_, _>>()
         .map_err(|e| format!("free port: {e}"))?;
+    let ports: Vec<String> = held
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port().to_string()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("free port: {e}"))?;
+    drop(held);
     let mut args = Vec::new();
     if !ports.is_empty() {
         args = vec!["--extra-port".to_string(), ports.join(",")];
