@@ -14,20 +14,16 @@
 //! `GET /peer` the client as [`octopus::Peer`] tells it: `ADDRESS` (TCP), `unix PATH` or
 //! `unix unnamed` (Unix socket), followed over TLS by `tls alpn=PROTOCOL sni=NAME` (`-` if none).
 
-use std::convert::Infallible;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use bytes::Bytes;
 use clap::Parser;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
 use octopus::{Handle, Octopus};
 
 mod logging;
+mod routes;
 
 /// A graceful HTTP server: SIGHUP upgrades, SIGUSR1/SIGUSR2 upgrade and keep the old process,
 /// SIGINT/SIGTERM shut down gracefully.
@@ -102,61 +98,9 @@ fn seconds(text: &str) -> Result<f64, String> {
 /// zero-sized, so the per-request clone tower makes costs nothing.
 static HANDLE: OnceLock<Handle> = OnceLock::new();
 
-async fn route(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    if request.method() != Method::GET {
-        return Ok(reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET is served\n".into(),
-        ));
-    }
-    let response = match request.uri().path() {
-        "/ping" => reply(StatusCode::OK, "pong\n".into()),
-        "/pid" => reply(StatusCode::OK, format!("{}\n", std::process::id())),
-        "/ready" if HANDLE.get().is_some_and(Handle::is_draining) => {
-            reply(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
-        }
-        "/ready" => reply(StatusCode::OK, "ready\n".into()),
-        "/peer" => match request.extensions().get::<octopus::Peer>() {
-            Some(peer) => reply(StatusCode::OK, format!("{}\n", describe(peer))),
-            None => reply(StatusCode::INTERNAL_SERVER_ERROR, "no peer\n".into()),
-        },
-        "/sleep" => match sleep_ms(request.uri().query()) {
-            Some(ms) => {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                reply(StatusCode::OK, format!("slept {ms}\n"))
-            }
-            None => reply(StatusCode::BAD_REQUEST, "usage: /sleep?ms=N\n".into()),
-        },
-        _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
-    };
-    Ok(response)
-}
-
-fn describe(peer: &octopus::Peer) -> String {
-    let mut text = match (peer.addr(), peer.unix_addr().and_then(|a| a.as_pathname())) {
-        (Some(addr), _) => addr.to_string(),
-        (None, Some(path)) => format!("unix {}", path.display()),
-        (None, None) => "unix unnamed".into(),
-    };
-    if peer.is_tls() {
-        let alpn = peer.alpn().map_or("-".into(), String::from_utf8_lossy);
-        let sni = peer.server_name().unwrap_or("-");
-        text.push_str(&format!(" tls alpn={alpn} sni={sni}"));
-    }
-    text
-}
-
-fn sleep_ms(query: Option<&str>) -> Option<u64> {
-    query?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("ms="))
-        .and_then(|ms| ms.parse().ok())
-}
-
-fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
+/// Whether this generation began a shutdown or hand-over, for `/ready`.
+fn draining() -> bool {
+    HANDLE.get().is_some_and(Handle::is_draining)
 }
 
 fn main() -> ExitCode {
@@ -189,7 +133,7 @@ async fn serve_until_exit(args: Args) -> ExitCode {
     let served = async {
         let octopus = octopus.build()?;
         let _ = HANDLE.set(octopus.handle());
-        let service = tower::service_fn(route);
+        let service = tower::service_fn(|request| routes::route(request, draining));
         let mut server = octopus
             .server()
             .drain_timeout(Duration::from_secs_f64(args.drain_timeout))

@@ -40,6 +40,10 @@ pub struct Group {
     pub clients: usize,
     /// Connection mode.
     pub mode: Mode,
+    /// The clients start spread evenly over this many ms from t0 (thousands of connects at
+    /// once would overflow the accept backlog and fail a first request on a retried SYN).
+    #[serde(default)]
+    pub ramp_ms: u64,
 }
 
 /// What to run.
@@ -302,8 +306,13 @@ async fn client(spec: LoadSpec, group: usize) -> Client {
 pub async fn run(spec: LoadSpec) -> LoadOutcome {
     let mut tasks = Vec::new();
     for (i, g) in spec.groups.iter().enumerate() {
-        for _ in 0..g.clients {
-            tasks.push(tokio::spawn(client(spec.clone(), i)));
+        for k in 0..g.clients {
+            let start = spec.t0 + Duration::from_millis(g.ramp_ms * k as u64 / g.clients as u64);
+            let spec = spec.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep_until(start.into()).await;
+                client(spec, i).await
+            }));
         }
     }
     let mut outcome = LoadOutcome {

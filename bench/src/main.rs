@@ -4,17 +4,22 @@
 //! octopus-bench run keepalive              # a preset against its servers, JSON in bench/results
 //! octopus-bench run control                # keepalive load, 50 × `octopus upgrade` back to back
 //! octopus-bench run overhead               # octopus vs baseline vs ecdysis, rounds A B C
+//! octopus-bench run pinned --rounds 10     # server on CPU 0, wrk/h2load on CPU 1: ratio lines
+//! octopus-bench run curves                 # RSS/conn, drain and hand-over times at scale
 //! octopus-bench run wrk                    # keepalive load by wrk, for the cross-check
 //! octopus-bench smoke                      # CI: keepalive, new-conn, control: 5 upgrades each, exit 1 on failure
 //! octopus-bench report                     # BENCHMARKS.md and the SVG plots from the JSON
 //! ```
 
+mod curves;
 mod http;
 mod load;
 mod overhead;
+mod pinned;
 mod plot;
 mod procfs;
 mod report;
+mod report_scale;
 mod results;
 mod scenarios;
 mod server;
@@ -39,7 +44,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run a scenario: keepalive, control, new-conn, inflight, usr1, shutdown, overhead, wrk.
+    /// Run a scenario: keepalive, control, new-conn, inflight, usr1, shutdown, overhead, pinned,
+    /// curves, keepalive-10k, wrk.
     Run {
         /// Scenario name.
         scenario: String,
@@ -105,8 +111,16 @@ impl Paths {
             ecdysis: dir.join("ecdysis_peer"),
             // Checked only by the scenario that runs it.
             octopus: dir.join("octopus"),
+            http1: dir.join("hyper_http1"),
+            router: dir.join("router"),
         };
-        for p in [&bins.hello, &bins.baseline, &bins.ecdysis] {
+        for p in [
+            &bins.hello,
+            &bins.baseline,
+            &bins.ecdysis,
+            &bins.http1,
+            &bins.router,
+        ] {
             if !p.is_file() {
                 return Err(format!(
                     "{} not found: cargo build --release --example hello -p octopus \
@@ -185,6 +199,19 @@ async fn run_cmd(cmd: Cmd) -> Result<bool, String> {
                     results::write(&out, "overhead.json", &r)?;
                     return Ok(true);
                 }
+                "pinned" => {
+                    let r = pinned::run(&bins, rounds, secs.unwrap_or(3), &logs, &command).await?;
+                    results::write(&out, "pinned.json", &r)?;
+                    for c in pinned::comparisons(&r) {
+                        println!("{}", c.line());
+                    }
+                    return Ok(true);
+                }
+                "curves" => {
+                    let r = curves::run(&bins, &logs, &command).await?;
+                    results::write(&out, "curves.json", &r)?;
+                    return Ok(true);
+                }
                 "wrk" => {
                     let r = wrk::run(
                         &bins,
@@ -234,6 +261,9 @@ async fn main() -> ExitCode {
         eprintln!("octopus-bench: cannot become a child subreaper: {e}");
         return ExitCode::FAILURE;
     }
+    // Thousands of connections in the curves and keepalive-10k, each an fd here and in the
+    // server, which inherits the limit.
+    curves::raise_nofile();
     let result = tokio::select! {
         r = run_cmd(cli.command) => r,
         _ = tokio::signal::ctrl_c() => {

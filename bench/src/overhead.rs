@@ -30,6 +30,7 @@ pub async fn run(
         path: "/pid".into(),
         clients,
         mode: Mode::KeepAlive,
+        ramp_ms: 0,
     }];
     for round in 0..rounds {
         let mut r = OverheadRound::default();

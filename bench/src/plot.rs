@@ -132,3 +132,77 @@ fn panel_on<DB: DrawingBackend>(
     }
     Ok(())
 }
+
+/// A named series of measured points, drawn as a line through markers.
+pub struct Curve {
+    /// Legend.
+    pub label: String,
+    /// (x, y) points.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Draws `curves` into `path` (SVG) with a logarithmic x axis (x > 0) and a linear y axis from 0.
+pub fn draw_curves(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    curves: &[Curve],
+) -> Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| format!("plot {}: {e}", path.display());
+    let log = |x: f64| x.max(1.0).log10();
+    let xs = curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| log(p.0)));
+    let (x_lo, x_hi) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
+    let (x_lo, x_hi) = if x_lo > x_hi {
+        (0.0, 1.0)
+    } else {
+        (x_lo - 0.15, x_hi + 0.15)
+    };
+    let y_max = curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.1))
+        .fold(1.0, f64::max)
+        * 1.15;
+    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let root = root.titled(title, ("sans-serif", 18)).map_err(|x| e(&x))?;
+    let mut chart = ChartBuilder::on(&root)
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x_lo..x_hi, 0.0..y_max)
+        .map_err(|x| e(&x))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_label_formatter(&|v| format!("{:.0}", 10f64.powf(*v)))
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(|x| e(&x))?;
+    let palette = [BLUE, RED, RGBColor(0, 140, 0), BLACK, MAGENTA];
+    for (i, c) in curves.iter().enumerate() {
+        let color = palette[i % palette.len()];
+        let pts: Vec<(f64, f64)> = c.points.iter().map(|p| (log(p.0), p.1)).collect();
+        chart
+            .draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))
+            .map_err(|x| e(&x))?;
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|x| e(&x))?
+            .label(c.label.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|x| e(&x))?;
+    root.present().map_err(|x| e(&x))?;
+    Ok(())
+}

@@ -5,8 +5,9 @@ use std::path::Path;
 
 use crate::results::{self, OverheadResult, ScenarioResult, WrkResult};
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "keepalive",
+    "keepalive-10k",
     "control",
     "new-conn",
     "inflight",
@@ -539,6 +540,8 @@ pub fn write(dir: &Path, out: &Path) -> Result<(), String> {
             );
         }
     }
+
+    crate::report_scale::write(&mut md, dir, &rel)?;
 
     if let Ok(notes) = std::fs::read_to_string("bench/NOTES.md") {
         md.push('\n');

@@ -1,14 +1,7 @@
-//! The routes and command line of the example server `hello`, shared by the baseline and the
-//! ecdysis peer so that all three servers answer the same bytes.
+//! The command line of the example server `hello` and its routes (the very file `hello`
+//! compiles), shared by the servers the benchmark compares so that all answer the same bytes.
 
-use std::convert::Infallible;
-use std::time::Duration;
-
-use bytes::Bytes;
 use clap::Parser;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
 
 /// `-h HOST -p PORT`, as `hello`.
 #[derive(Debug, Parser)]
@@ -64,38 +57,14 @@ macro_rules! log {
     };
 }
 
-/// `GET /ping`, `GET /pid`, `GET /sleep?ms=N`, as `hello`.
-pub async fn route(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    if request.method() != Method::GET {
-        return Ok(reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET is served\n".into(),
-        ));
-    }
-    let response = match request.uri().path() {
-        "/ping" => reply(StatusCode::OK, "pong\n".into()),
-        "/pid" => reply(StatusCode::OK, format!("{}\n", std::process::id())),
-        "/sleep" => match sleep_ms(request.uri().query()) {
-            Some(ms) => {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                reply(StatusCode::OK, format!("slept {ms}\n"))
-            }
-            None => reply(StatusCode::BAD_REQUEST, "usage: /sleep?ms=N\n".into()),
-        },
-        _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
-    };
-    Ok(response)
-}
+#[path = "../../examples/routes/mod.rs"]
+mod hello_routes;
 
-fn sleep_ms(query: Option<&str>) -> Option<u64> {
-    query?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("ms="))
-        .and_then(|ms| ms.parse().ok())
-}
+pub use hello_routes::route;
 
-fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
+/// `route`'s `draining` for servers without a drain signal: `/ready` always answers `ready`.
+// `router` has a drain signal of its own.
+#[allow(dead_code)]
+pub fn never_draining() -> bool {
+    false
 }

@@ -57,6 +57,7 @@ fn group(name: &str, path: &str, clients: usize, mode: Mode) -> Group {
         path: path.into(),
         clients,
         mode,
+        ramp_ms: 0,
     }
 }
 
@@ -73,6 +74,18 @@ pub fn preset(name: &str, o: &Overrides) -> Option<Preset> {
             vec![Octopus, Ecdysis],
         ),
         // The keepalive load, upgraded by `octopus upgrade` back to back (no interval).
+        // The keepalive load from 10,000 connections (issue 12: failed requests while
+        // upgrading at scale); the upgrades start once they are all open.
+        "keepalive-10k" => (
+            vec![Group {
+                ramp_ms: 3000,
+                ..group("pid", "/pid", c(10_000), Mode::KeepAlive)
+            }],
+            Sig::Sighup,
+            10,
+            1000,
+            vec![Octopus],
+        ),
         "control" | "smoke-control" => (
             vec![group("pid", "/pid", c(64), Mode::KeepAlive)],
             Sig::Control,
@@ -128,7 +141,7 @@ pub fn preset(name: &str, o: &Overrides) -> Option<Preset> {
         Sig::Control => Duration::ZERO,
         _ => Duration::from_millis(o.interval_ms.unwrap_or(if smoke { 700 } else { interval })),
     };
-    let first_at = Duration::from_secs(1);
+    let first_at = Duration::from_secs(if name == "keepalive-10k" { 5 } else { 1 });
     let last_before = if sig == Sig::Control {
         // Back to back: a bound, not a schedule; the load ends `TAIL` after the last answer.
         first_at + CONTROL_BOUND_PER_UPGRADE * count as u32

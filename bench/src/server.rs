@@ -24,6 +24,12 @@ pub enum Kind {
     Ecdysis,
     /// `bench/src/bin/baseline.rs`, plain hyper-util.
     Baseline,
+    /// `bench/src/bin/hyper_http1.rs`, hyper's http1 builder alone.
+    Http1,
+    /// `bench/src/bin/router.rs --with axum`: `axum::serve` with graceful shutdown.
+    Axum,
+    /// `bench/src/bin/router.rs --with octopus`: the same axum router served by octopus.
+    OctopusAxum,
 }
 
 impl Kind {
@@ -33,14 +39,33 @@ impl Kind {
             Kind::Octopus => "octopus",
             Kind::Ecdysis => "ecdysis",
             Kind::Baseline => "baseline",
+            Kind::Http1 => "http1",
+            Kind::Axum => "axum",
+            Kind::OctopusAxum => "octopus-axum",
         }
     }
 
     /// Parses a name.
     pub fn parse(s: &str) -> Option<Kind> {
-        [Kind::Octopus, Kind::Ecdysis, Kind::Baseline]
-            .into_iter()
-            .find(|k| k.name() == s)
+        [
+            Kind::Octopus,
+            Kind::Ecdysis,
+            Kind::Baseline,
+            Kind::Http1,
+            Kind::Axum,
+            Kind::OctopusAxum,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
+    }
+
+    /// Arguments that make the binary this server.
+    fn own_args(self) -> &'static [&'static str] {
+        match self {
+            Kind::Axum => &["--with", "axum"],
+            Kind::OctopusAxum => &["--with", "octopus"],
+            _ => &[],
+        }
     }
 }
 
@@ -55,6 +80,10 @@ pub struct Bins {
     pub ecdysis: PathBuf,
     /// The `octopus` command (the `control` scenario only).
     pub octopus: PathBuf,
+    /// `hyper_http1`.
+    pub http1: PathBuf,
+    /// `router` (axum, and octopus on the same router).
+    pub router: PathBuf,
 }
 
 impl Bins {
@@ -63,6 +92,8 @@ impl Bins {
             Kind::Octopus => &self.hello,
             Kind::Ecdysis => &self.ecdysis,
             Kind::Baseline => &self.baseline,
+            Kind::Http1 => &self.http1,
+            Kind::Axum | Kind::OctopusAxum => &self.router,
         }
     }
 }
@@ -294,6 +325,19 @@ impl Server {
         extra_args: &[String],
         log: Option<&Path>,
     ) -> Result<Server, String> {
+        Server::start_on(kind, bins, extra_args, log, None).await
+    }
+
+    /// `start`, the server's threads confined to `cpu` if given (`taskset`, which execs the
+    /// server: its pid is the server's, and every thread it makes inherits the mask; tokio
+    /// then starts one worker per allowed CPU).
+    pub async fn start_on(
+        kind: Kind,
+        bins: &Bins,
+        extra_args: &[String],
+        log: Option<&Path>,
+        cpu: Option<usize>,
+    ) -> Result<Server, String> {
         // ecdysis registers a listener under its bound address, so a child asking for port 0
         // would not find it: it gets a fixed free port.
         let port = match kind {
@@ -304,8 +348,17 @@ impl Server {
             return Err("the previous server still has processes running".into());
         }
         let program = bins.path(kind);
-        let mut child = Command::new(program)
+        let mut command = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string()]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        let mut child = command
             .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(kind.own_args())
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

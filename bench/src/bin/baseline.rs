@@ -57,7 +57,9 @@ async fn main() -> ExitCode {
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(routes::route);
+            let service = hyper::service::service_fn(|request| {
+                routes::route(request, routes::never_draining)
+            });
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;

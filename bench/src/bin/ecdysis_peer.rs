@@ -98,7 +98,8 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper::service::service_fn(routes::route);
+        let service =
+            hyper::service::service_fn(|request| routes::route(request, routes::never_draining));
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();

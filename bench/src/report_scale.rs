@@ -1,0 +1,261 @@
+//! The sections of BENCHMARKS.md for issue 12: the pinned overhead comparisons and the curves
+//! over scale, with their SVG plots.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::curves::{CurvesResult, Point};
+use crate::pinned::{self, PinnedResult};
+use crate::plot::{self, Curve};
+use crate::results;
+
+fn fmt_values(p: &Point) -> String {
+    p.values
+        .iter()
+        .map(|v| format!("{v:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn note(p: &Point, name: &str) -> Vec<f64> {
+    p.notes
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| *v)
+        .collect()
+}
+
+fn curve(label: &str, points: &[&Point]) -> Curve {
+    Curve {
+        label: label.into(),
+        points: points.iter().map(|p| (p.x as f64, p.median())).collect(),
+    }
+}
+
+/// Appends the pinned and the curves sections, if their results exist.
+pub fn write(md: &mut String, dir: &Path, rel: &dyn Fn(&str) -> String) -> Result<(), String> {
+    if let Some(p) = results::read::<PinnedResult>(dir, "pinned.json") {
+        pinned_section(md, &p);
+    }
+    if let Some(c) = results::read::<CurvesResult>(dir, "curves.json") {
+        curves_section(md, &c, dir, rel)?;
+    }
+    Ok(())
+}
+
+fn pinned_section(md: &mut String, p: &PinnedResult) {
+    let busy: Vec<String> = p
+        .rounds
+        .iter()
+        .filter_map(|r| r.first().map(|x| x.loadavg_before.clone()))
+        .collect();
+    let _ = writeln!(
+        md,
+        "\n## `pinned`: overhead with the server on CPU 0 and the load on CPU 1\n\n\
+         {} rounds; in each, every workload against every server that speaks it, {} s measured \
+         after 1 s of warm-up, a fresh server per run, the servers' order rotating from round to \
+         round. A ratio is server / reference within one round; the table gives the median of \
+         the per-round ratios and their min..max. Throughput: higher is better; p50, p99 \
+         latency: lower is better. Command: `{}`. Load generators (on CPU 1, like this tool):\n",
+        p.rounds.len(),
+        p.secs,
+        p.command
+    );
+    for t in &p.tools {
+        let _ = writeln!(md, "- `{t}`");
+    }
+    let _ = writeln!(
+        md,
+        "\nServers: `octopus` = `examples/hello`; `baseline` = hyper-util's auto builder \
+         (`bench/src/bin/baseline.rs`); `http1` = hyper's http1 builder only \
+         (`bench/src/bin/hyper_http1.rs`); `axum` = `axum::serve(..).with_graceful_shutdown(..)` \
+         and `octopus-axum` = the same axum `Router` served by octopus \
+         (`bench/src/bin/router.rs`). Load average (1/5/15 min) before each round: {}.\n",
+        busy.join("; ")
+    );
+    md.push_str(
+        "| workload | server / reference | throughput | p50 | p99 | rounds |\n|---|---|---|---|---|---|\n",
+    );
+    let f = |(m, lo, hi): (f64, f64, f64)| format!("**{m:.3}** ({lo:.3}..{hi:.3})");
+    for c in pinned::comparisons(p) {
+        let _ = writeln!(
+            md,
+            "| {} | {} / {} | {} | {} | {} | {} |",
+            c.workload,
+            c.server,
+            c.reference,
+            f(c.ratios[0]),
+            f(c.ratios[1]),
+            f(c.ratios[2]),
+            c.rounds
+        );
+    }
+    md.push_str(
+        "\nAbsolute figures, median over the rounds (req/s, p50 µs, p99 µs, errors summed):\n\n\
+         | workload | server | req/s | p50 µs | p99 µs | errors |\n|---|---|---|---|---|---|\n",
+    );
+    let mut keys: Vec<(String, String)> = p
+        .rounds
+        .iter()
+        .flatten()
+        .map(|r| (r.workload.clone(), r.server.clone()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    for (w, s) in keys {
+        let runs: Vec<_> = p
+            .rounds
+            .iter()
+            .flatten()
+            .filter(|r| r.workload == w && r.server == s)
+            .collect();
+        let med = |f: &dyn Fn(&pinned::PinnedRun) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(|r| f(r)).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let _ = writeln!(
+            md,
+            "| {w} | {s} | {:.0} | {:.0} | {:.0} | {} |",
+            med(&|r| r.rps),
+            med(&|r| r.p50_us),
+            med(&|r| r.p99_us),
+            runs.iter().map(|r| r.errors).sum::<u64>()
+        );
+    }
+}
+
+fn curves_section(
+    md: &mut String,
+    c: &CurvesResult,
+    dir: &Path,
+    rel: &dyn Fn(&str) -> String,
+) -> Result<(), String> {
+    let _ = writeln!(
+        md,
+        "\n## Curves over scale\n\nEach point measured ({} repetitions, median; every value \
+         listed). Connections are opened 256 at a time, each served one `GET /ping` first, then \
+         left idle. Command: `{}`. Load average at the start: {}; at the end: {}.\n",
+        c.rss_per_conn.first().map_or(0, |p| p.values.len()),
+        c.command,
+        c.loadavg.0,
+        c.loadavg.1
+    );
+
+    md.push_str(
+        "### RSS per open idle keep-alive connection\n\n`VmRSS` after opening N connections \
+         minus `VmRSS` with one open, divided by N, in bytes.\n\n\
+         | server | connections | bytes per connection | values | connections opened |\n\
+         |---|---|---|---|---|\n",
+    );
+    for p in &c.rss_per_conn {
+        let _ = writeln!(
+            md,
+            "| {} | {} | **{:.0}** | {} | {:?} |",
+            p.server,
+            p.x,
+            p.median(),
+            fmt_values(p),
+            note(p, "opened")
+        );
+    }
+    let by = |s: &str| -> Vec<&Point> { c.rss_per_conn.iter().filter(|p| p.server == s).collect() };
+    let svg = "curve-rss.svg";
+    plot::draw_curves(
+        &dir.join(svg),
+        "RSS per idle keep-alive connection",
+        "open connections (log)",
+        "bytes per connection",
+        &[
+            curve("octopus (hello)", &by("octopus")),
+            curve("baseline (hyper-util)", &by("baseline")),
+        ],
+    )?;
+    let _ = writeln!(md, "\n![RSS per connection]({})\n", rel(svg));
+
+    md.push_str(
+        "### Drain time of 10,000 connections\n\nSIGTERM to the exit of `hello` (reaped by the \
+         tool), default `idle_grace` 1 s and drain timeout 5 s. Idle: target ≤ idle_grace + \
+         100 ms = 1,100 ms. In flight: each connection has a `GET /sleep?ms=2000` written before \
+         the signal; \"beyond due\" is exit minus (last request written + 2 s).\n\n\
+         | connections | state | SIGTERM → exit, ms (median) | values | beyond due, ms | answered |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for p in &c.drain_idle {
+        let _ = writeln!(
+            md,
+            "| {} | idle | **{:.0}** {} | {} | – | – |",
+            p.x,
+            p.median(),
+            if p.median() <= 1100.0 { "✅" } else { "❌" },
+            fmt_values(p)
+        );
+    }
+    for p in &c.drain_inflight {
+        let _ = writeln!(
+            md,
+            "| {} | request in flight | **{:.0}** | {} | {:?} | {:?} |",
+            p.x,
+            p.median(),
+            fmt_values(p),
+            note(p, "beyond_due_ms")
+                .iter()
+                .map(|v| v.round())
+                .collect::<Vec<_>>(),
+            note(p, "answered")
+        );
+    }
+
+    md.push_str(
+        "\n### Hand-over time over listeners and open connections\n\nThe axum router served \
+         by octopus (`router --with octopus`, N TCP listeners on 127.0.0.1), SIGHUP to the \
+         serving process; \"new ready\" is the new process's `server started` line (written \
+         once it reported ready), \"old draining\" the old one's `old process draining` line. \
+         Before each signal, C idle keep-alive connections are opened to the serving process; \
+         the next upgrade waits for the old process's exit. Target: flat within noise.\n\n\
+         | listeners | open connections | signal → new ready, ms | values | signal → old draining, ms | values |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for (a, b) in c.handover_ready.iter().zip(&c.handover_draining) {
+        let _ = writeln!(
+            md,
+            "| {} | {} | **{:.1}** | {} | **{:.1}** | {} |",
+            a.x,
+            a.conns,
+            a.median(),
+            a.values
+                .iter()
+                .map(|v| format!("{v:.1}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            b.median(),
+            b.values
+                .iter()
+                .map(|v| format!("{v:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let mut curves = Vec::new();
+    for conns in [0u64, 10_000] {
+        for (label, points) in [
+            ("new ready", &c.handover_ready),
+            ("old draining", &c.handover_draining),
+        ] {
+            let pts: Vec<&Point> = points.iter().filter(|p| p.conns == conns).collect();
+            if !pts.is_empty() {
+                curves.push(curve(&format!("{label}, {conns} connections"), &pts));
+            }
+        }
+    }
+    let svg = "curve-handover.svg";
+    plot::draw_curves(
+        &dir.join(svg),
+        "Hand-over time: SIGHUP → new ready / old draining",
+        "listeners (log)",
+        "ms since SIGHUP",
+        &curves,
+    )?;
+    let _ = writeln!(md, "\n![hand-over time]({})\n", rel(svg));
+    Ok(())
+}
