@@ -291,37 +291,49 @@ impl<S: HttpService> Http<S> {
         stats: &Arc<ListenerStats>,
     ) {
         let slot = stats.open();
-        let builder = self.builder.clone();
-        let service = self.service.clone();
-        let drain = self.drain.clone();
-        let idle_grace = self.idle_grace;
-        self.drain.spawn(move |draining| async move {
-            let in_flight = slot.in_flight();
-            let served = match tls {
-                None => {
-                    serve_connection(
-                        &builder, stream, service, drain, draining, idle_grace, in_flight,
-                    )
-                    .await
-                }
-                #[cfg(feature = "tls")]
-                Some(tls) => match tls.accept(stream).await {
-                    Ok(stream) => {
-                        serve_connection(
-                            &builder, stream, service, drain, draining, idle_grace, in_flight,
-                        )
-                        .await
-                    }
-                    Err(e) => Err(format!("TLS handshake failed: {e}").into()),
-                },
-                #[cfg(not(feature = "tls"))]
-                Some(never) => match never {},
-            };
-            if let Err(e) = served {
-                tracing::debug!(?peer, "connection ended with an error: {e}");
+        // The connection's own future, spawned as is: it does the drain's tracking and cut
+        // itself, so the task holds one state machine rather than three nested ones.
+        let hold = self.drain.hold();
+        let draining = self.drain.draining();
+        match tls {
+            None => {
+                tokio::spawn(serve_connection(
+                    &self.builder,
+                    stream,
+                    self.service.clone(),
+                    hold,
+                    draining,
+                    self.idle_grace,
+                    slot,
+                    peer,
+                ));
             }
-            drop(slot);
-        });
+            #[cfg(feature = "tls")]
+            Some(tls) => {
+                // A task of its own type: a plain connection's task is not sized for TLS.
+                let (builder, service, idle_grace) =
+                    (self.builder.clone(), self.service.clone(), self.idle_grace);
+                let cut = hold.cut_signal();
+                tokio::spawn(async move {
+                    let handshake = tokio::select! {
+                        biased;
+                        handshake = tls.accept(stream) => handshake,
+                        () = cut => return,
+                    };
+                    match handshake {
+                        Ok(stream) => {
+                            serve_connection(
+                                &builder, stream, service, hold, draining, idle_grace, slot, peer,
+                            )
+                            .await
+                        }
+                        Err(e) => tracing::debug!(?peer, "TLS handshake failed: {e}"),
+                    }
+                });
+            }
+            #[cfg(not(feature = "tls"))]
+            Some(never) => match never {},
+        }
     }
 }
 
