@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use http::header::{HeaderValue, CONNECTION};
@@ -25,7 +25,6 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
@@ -92,7 +91,7 @@ struct Shared {
 type Hyper<IO, S> = auto::UpgradeableConnection<
     'static,
     TokioIo<UpgradableIo<IO>>,
-    CloseWhenDraining<TowerToHyperService<S>>,
+    CloseWhenDraining<TowerService<S>>,
     TokioExecutor,
 >;
 
@@ -123,7 +122,7 @@ where
         in_flight: slot.in_flight(),
     });
     let service = CloseWhenDraining {
-        inner: TowerToHyperService::new(service),
+        inner: TowerService(service),
         shared: shared.clone(),
     };
     let io = UpgradableIo {
@@ -277,6 +276,70 @@ where
                 connect,
                 has_body,
             }),
+        }
+    }
+}
+
+/// A tower service as hyper's: like hyper-util's `TowerToHyperService`, but a service that is
+/// ready at once (axum's `Router`, `service_fn`) is called in `call`, so the response future is
+/// the service's own, with no readiness state machine holding the request around it.
+struct TowerService<S>(S);
+
+impl<S: HttpService> hyper::service::Service<Request<Incoming>> for TowerService<S> {
+    type Response = Response<S::ResponseBody>;
+    type Error = BoxError;
+    type Future = Call<S>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let mut service = self.0.clone();
+        // A service not ready yet is asked again, with the task's waker, by the future.
+        match service.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Call::Called {
+                future: service.call(request),
+            },
+            Poll::Ready(Err(error)) => Call::Failed {
+                error: Some(error.into()),
+            },
+            Poll::Pending => Call::Waiting {
+                service,
+                request: Some(request),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request given to a tower service, once it is ready.
+    #[project = CallProj]
+    enum Call<S>
+    where
+        S: HttpService,
+    {
+        Called { #[pin] future: S::Future },
+        Waiting { service: S, request: Option<Request<Incoming>> },
+        Failed { error: Option<BoxError> },
+    }
+}
+
+impl<S: HttpService> Future for Call<S> {
+    type Output = Result<Response<S::ResponseBody>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project() {
+                CallProj::Called { future } => return future.poll(cx).map_err(Into::into),
+                CallProj::Waiting { service, request } => {
+                    if let Err(error) = ready!(service.poll_ready(cx)) {
+                        return Poll::Ready(Err(error.into()));
+                    }
+                    let request = request.take().expect("a request is called once");
+                    let future = service.call(request);
+                    self.set(Call::Called { future });
+                }
+                CallProj::Failed { error } => {
+                    return Poll::Ready(Err(error.take().expect("polled after completion")))
+                }
+            }
         }
     }
 }
