@@ -14,8 +14,8 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::task::{ready, Context, Poll};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use http::header::{HeaderValue, CONNECTION};
@@ -24,11 +24,12 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
-use crate::control::InFlight;
-use crate::drain::{Drain, Draining, Hold};
+use crate::control::{ConnectionSlot, InFlight};
+use crate::drain::{Draining, Hold};
+use crate::peer::PeerAddr;
 use crate::trigger::Fired;
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
@@ -65,7 +66,9 @@ where
 /// only this (one per connection), never state shared by all connections.
 struct Shared {
     draining: Draining,
-    drain: Drain,
+    /// Keeps the drain open while the connection, or the stream an upgrade handed to the
+    /// application, lives: the one drain token of the connection.
+    hold: Hold,
     http2: AtomicBool,
     /// Set by the first HTTP/1 request. Before it, hyper's graceful shutdown already keeps a
     /// connection whose first head is partly read, and bytes read may be an HTTP/2 preface.
@@ -78,37 +81,48 @@ struct Shared {
     /// left unread is drained by hyper after the response, which sets this again: such a
     /// connection is then left to the client or the drain deadline rather than closed at the grace.
     unclaimed_bytes: AtomicBool,
-    /// Set once a response hands the connection to the application (101 or CONNECT).
-    upgraded: OnceLock<Hold>,
+    /// Set once a response hands the connection to the application (101 or CONNECT): from then
+    /// on its stream fails at the drain deadline.
+    upgraded: AtomicBool,
     /// Requests of this connection in flight, for the control socket's `status`.
     in_flight: Arc<AtomicU32>,
 }
 
-/// Serves one connection with `service` until it ends, the drain retires it, or the drain cuts it.
-pub(crate) async fn serve_connection<S, IO>(
+type Hyper<IO, S> = auto::UpgradeableConnection<
+    'static,
+    TokioIo<UpgradableIo<IO>>,
+    CloseWhenDraining<TowerService<S>>,
+    TokioExecutor,
+>;
+
+/// Serves one connection with `service` until it ends, the drain retires it, or the drain cuts
+/// it at its deadline; `hold` is the connection's drain token.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn serve_connection<S, IO>(
     builder: &auto::Builder<TokioExecutor>,
     stream: IO,
     service: S,
-    drain: Drain,
+    hold: Hold,
     draining: Draining,
     idle_grace: Duration,
-    in_flight: Arc<AtomicU32>,
-) -> Result<(), BoxError>
+    slot: ConnectionSlot,
+    peer: PeerAddr,
+) -> ServeConnection<IO, S>
 where
     S: HttpService,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = Arc::new(Shared {
-        draining: draining.clone(),
-        drain,
+        draining,
+        hold,
         http2: AtomicBool::new(false),
         http1: AtomicBool::new(false),
         unclaimed_bytes: AtomicBool::new(false),
-        upgraded: OnceLock::new(),
-        in_flight,
+        upgraded: AtomicBool::new(false),
+        in_flight: slot.in_flight(),
     });
     let service = CloseWhenDraining {
-        inner: TowerToHyperService::new(service),
+        inner: TowerService(service),
         shared: shared.clone(),
     };
     let io = UpgradableIo {
@@ -116,28 +130,117 @@ where
         shared: shared.clone(),
         cut: None,
     };
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(connection);
-    // `biased`: poll in order, without the random start a fair select draws on every wake-up.
-    tokio::select! {
-        biased;
-        result = connection.as_mut() => return result,
-        () = draining.wait() => {}
+    ServeConnection {
+        draining: shared.draining.signal(),
+        // Owned: a builder clone per connection (plain fields) instead of a self-borrow.
+        connection: builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned(),
+        phase: Phase::Serving,
+        timers: None,
+        shared,
+        idle_grace,
+        peer,
+        _slot: slot,
     }
-    if !shared.http2.load(Ordering::Relaxed) {
-        tokio::select! {
-            biased;
-            result = connection.as_mut() => return result,
-            () = tokio::time::sleep(idle_grace) => {}
-        }
-        if shared.http1.load(Ordering::Relaxed) && shared.unclaimed_bytes.load(Ordering::Relaxed) {
-            // A request is arriving: its response carries `Connection: close`, after which hyper
-            // closes the connection; a client that never finishes it is cut at the deadline.
-            return connection.await;
+}
+
+/// Where a connection is in its life; the drain moves it forward, never back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before the drain: only the connection and the drain signal are polled.
+    Serving,
+    /// The drain started on a connection not known to be HTTP/2: waiting out the idle grace.
+    Grace,
+    /// Told to shut down gracefully, or left to finish the request arriving on it.
+    Finishing,
+}
+
+pin_project_lite::pin_project! {
+    /// One connection as one future: the work of two `select!`s and of the drain's task wrapper,
+    /// with a timer and the deadline signal made only once the drain starts.
+    pub(crate) struct ServeConnection<IO, S>
+    where
+        S: HttpService,
+    {
+        #[pin]
+        connection: Hyper<IO, S>,
+        #[pin]
+        draining: Fired,
+        phase: Phase,
+        // Made once the drain starts, which few connections see: an idle one stays small.
+        timers: Option<Pin<Box<DrainTimers>>>,
+        shared: Arc<Shared>,
+        idle_grace: Duration,
+        peer: PeerAddr,
+        _slot: ConnectionSlot,
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct DrainTimers {
+        #[pin]
+        grace: Sleep,
+        // The drain deadline: the connection is dropped, closing its socket.
+        #[pin]
+        cut: Fired,
+    }
+}
+
+impl<IO, S> Future for ServeConnection<IO, S>
+where
+    S: HttpService,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        // Each pass moves the phase forward, so this loops at most three times.
+        loop {
+            // The connection first: a wake-up is nearly always its I/O.
+            if let Poll::Ready(served) = this.connection.as_mut().poll(cx) {
+                if let Err(e) = served {
+                    tracing::debug!(peer = %this.peer, "connection ended with an error: {e}");
+                }
+                return Poll::Ready(());
+            }
+            if *this.phase == Phase::Serving {
+                ready!(this.draining.as_mut().poll(cx));
+                *this.timers = Some(Box::pin(DrainTimers {
+                    grace: tokio::time::sleep(*this.idle_grace),
+                    cut: this.shared.hold.cut_signal(),
+                }));
+                if this.shared.http2.load(Ordering::Relaxed) {
+                    // GOAWAY at once; open streams finish.
+                    *this.phase = Phase::Finishing;
+                    this.connection.as_mut().graceful_shutdown();
+                    continue;
+                }
+                *this.phase = Phase::Grace;
+            }
+            let Some(timers) = this.timers.as_mut() else {
+                return Poll::Pending;
+            };
+            let timers = timers.as_mut().project();
+            if timers.cut.poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            if *this.phase == Phase::Grace && timers.grace.poll(cx).is_ready() {
+                *this.phase = Phase::Finishing;
+                // With part of a request received, it is left to finish: its response carries
+                // `Connection: close`, after which hyper closes the connection; a client that
+                // never finishes it is cut at the deadline.
+                if !(this.shared.http1.load(Ordering::Relaxed)
+                    && this.shared.unclaimed_bytes.load(Ordering::Relaxed))
+                {
+                    this.connection.as_mut().graceful_shutdown();
+                    continue;
+                }
+            }
+            return Poll::Pending;
         }
     }
-    connection.as_mut().graceful_shutdown();
-    connection.await
 }
 
 /// Marks HTTP/1 responses `Connection: close` once the drain has started, and notices upgrades.
@@ -177,6 +280,70 @@ where
     }
 }
 
+/// A tower service as hyper's: like hyper-util's `TowerToHyperService`, but a service that is
+/// ready at once (axum's `Router`, `service_fn`) is called in `call`, so the response future is
+/// the service's own, with no readiness state machine holding the request around it.
+struct TowerService<S>(S);
+
+impl<S: HttpService> hyper::service::Service<Request<Incoming>> for TowerService<S> {
+    type Response = Response<S::ResponseBody>;
+    type Error = BoxError;
+    type Future = Call<S>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let mut service = self.0.clone();
+        // A service not ready yet is asked again, with the task's waker, by the future.
+        match service.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Call::Called {
+                future: service.call(request),
+            },
+            Poll::Ready(Err(error)) => Call::Failed {
+                error: Some(error.into()),
+            },
+            Poll::Pending => Call::Waiting {
+                service,
+                request: Some(request),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request given to a tower service, once it is ready.
+    #[project = CallProj]
+    enum Call<S>
+    where
+        S: HttpService,
+    {
+        Called { #[pin] future: S::Future },
+        Waiting { service: S, request: Option<Request<Incoming>> },
+        Failed { error: Option<BoxError> },
+    }
+}
+
+impl<S: HttpService> Future for Call<S> {
+    type Output = Result<Response<S::ResponseBody>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project() {
+                CallProj::Called { future } => return future.poll(cx).map_err(Into::into),
+                CallProj::Waiting { service, request } => {
+                    if let Err(error) = ready!(service.poll_ready(cx)) {
+                        return Poll::Ready(Err(error.into()));
+                    }
+                    let request = request.take().expect("a request is called once");
+                    let future = service.call(request);
+                    self.set(Call::Called { future });
+                }
+                CallProj::Failed { error } => {
+                    return Poll::Ready(Err(error.take().expect("polled after completion")))
+                }
+            }
+        }
+    }
+}
+
 struct Http1Watch {
     shared: Arc<Shared>,
     connect: bool,
@@ -207,7 +374,7 @@ where
             }
             let status = response.status();
             if status == StatusCode::SWITCHING_PROTOCOLS || (watch.connect && status.is_success()) {
-                let _ = watch.shared.upgraded.set(watch.shared.drain.hold());
+                watch.shared.upgraded.store(true, Ordering::Relaxed);
             } else if watch.shared.draining.is_draining() {
                 response
                     .headers_mut()
@@ -228,9 +395,10 @@ struct UpgradableIo<IO> {
 impl<IO> UpgradableIo<IO> {
     /// Whether the drain cut this upgraded connection; registers for the cut otherwise.
     fn is_cut(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(hold) = self.shared.upgraded.get() else {
+        if !self.shared.upgraded.load(Ordering::Relaxed) {
             return false;
-        };
+        }
+        let hold = &self.shared.hold;
         let cut = self.cut.get_or_insert_with(|| Box::pin(hold.cut_signal()));
         cut.as_mut().poll(cx).is_ready()
     }
@@ -307,7 +475,8 @@ mod tests {
     use tokio::task::JoinHandle;
     use tokio::time::{timeout, Instant};
 
-    use crate::drain::DrainReport;
+    use crate::control::ListenerStats;
+    use crate::drain::{Drain, DrainReport};
 
     const GRACE: Duration = Duration::from_millis(50);
     /// The grace of a witness connection: the runtime handles the others' grace before its close.
@@ -328,20 +497,18 @@ mod tests {
                 Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"pong\n"))))
             }
         });
-        let for_task = drain.clone();
-        drain.spawn(move |draining| async move {
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let _ = serve_connection(
-                &builder,
-                server,
-                service,
-                for_task,
-                draining,
-                grace,
-                Default::default(),
-            )
-            .await;
-        });
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let slot = ListenerStats::new("test".into()).open();
+        tokio::spawn(serve_connection(
+            &builder,
+            server,
+            service,
+            drain.hold(),
+            drain.draining(),
+            grace,
+            slot,
+            PeerAddr::Tcp(([127, 0, 0, 1], 1).into()),
+        ));
         client
     }
 

@@ -60,6 +60,11 @@ impl Draining {
     pub fn is_draining(&self) -> bool {
         self.0.is_fired()
     }
+
+    /// [`Draining::wait`] as a nameable future, for a hand-written connection future to hold.
+    pub(crate) fn signal(&self) -> Fired {
+        self.0.wait()
+    }
 }
 
 /// Keeps a drain open while it lives, for work that outlives its task, such as a connection

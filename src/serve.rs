@@ -383,39 +383,45 @@ impl<S: HttpService> Http<S> {
         let idle_grace = self.idle_grace;
         move |stream, peer, drain| {
             let slot = stats.open();
-            let (builder, service, tls) = (builder.clone(), service.clone(), tls.clone());
-            let drain_handle = drain.clone();
-            drain.spawn(move |draining| async move {
-                let drain = drain_handle;
-                let in_flight = slot.in_flight();
-                let served = match tls {
-                    None => {
-                        let service = WithPeer::new(service, Peer::new(peer.clone()));
-                        serve_connection(
-                            &builder, stream, service, drain, draining, idle_grace, in_flight,
-                        )
-                        .await
-                    }
-                    #[cfg(feature = "tls")]
-                    Some(tls) => match tls.accept(stream).await {
-                        Ok(stream) => {
-                            let peer = Peer::tls(peer.clone(), stream.get_ref().1);
-                            let service = WithPeer::new(service, peer);
-                            serve_connection(
-                                &builder, stream, service, drain, draining, idle_grace, in_flight,
-                            )
-                            .await
-                        }
-                        Err(e) => Err(format!("TLS handshake failed: {e}").into()),
-                    },
-                    #[cfg(not(feature = "tls"))]
-                    Some(never) => match never {},
-                };
-                if let Err(e) = served {
-                    tracing::debug!(%peer, "connection ended with an error: {e}");
+            // The connection's own future, spawned as is: it does the drain's tracking and cut
+            // itself, so the task holds one state machine rather than three nested ones.
+            let hold = drain.hold();
+            let draining = drain.draining();
+            match tls.clone() {
+                None => {
+                    let service = WithPeer::new(service.clone(), Peer::new(peer.clone()));
+                    tokio::spawn(serve_connection(
+                        &builder, stream, service, hold, draining, idle_grace, slot, peer,
+                    ));
                 }
-                drop(slot);
-            });
+                #[cfg(feature = "tls")]
+                Some(tls) => {
+                    // A task of its own type: a plain connection's task is not sized for TLS.
+                    let (builder, service) = (builder.clone(), service.clone());
+                    let cut = hold.cut_signal();
+                    tokio::spawn(async move {
+                        let handshake = tokio::select! {
+                            biased;
+                            handshake = tls.accept(stream) => handshake,
+                            () = cut => return,
+                        };
+                        match handshake {
+                            Ok(stream) => {
+                                let tls_peer = Peer::tls(peer.clone(), stream.get_ref().1);
+                                let service = WithPeer::new(service, tls_peer);
+                                serve_connection(
+                                    &builder, stream, service, hold, draining, idle_grace, slot,
+                                    peer,
+                                )
+                                .await
+                            }
+                            Err(e) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        }
+                    });
+                }
+                #[cfg(not(feature = "tls"))]
+                Some(never) => match never {},
+            }
         }
     }
 }
