@@ -4,8 +4,9 @@
 //! connection keeps being read, its next response carries `Connection: close` (so the client opens
 //! a new connection, to the new process), and only a connection that stays idle for the idle grace
 //! is closed by the server: one with part of a request received at the grace is left to finish it
-//! and be answered, or to be cut at the drain deadline. HTTP/2 connections get GOAWAY at once and
-//! their open streams finish.
+//! and be answered, or to be cut at the drain deadline, and so is one whose client has not sent its
+//! first request yet (it connected to send one). HTTP/2 connections get GOAWAY at once and their
+//! open streams finish.
 //! A connection taken over by an HTTP upgrade (WebSocket) keeps the drain open until the
 //! application drops it, and fails its reads and writes at the drain deadline.
 
@@ -152,6 +153,11 @@ enum Phase {
     Serving,
     /// The drain started on a connection not known to be HTTP/2: waiting out the idle grace.
     Grace,
+    /// The grace ended before the client's first request was dispatched: its client connected to
+    /// send one (perhaps slowed down, or still building it), and a first request that fails is
+    /// one no client retries. An HTTP/1 request is answered with `Connection: close`; HTTP/2
+    /// gets GOAWAY once it shows; the deadline cuts a client that never sends.
+    FirstRequest,
     /// Told to shut down gracefully, or left to finish the request arriving on it.
     Finishing,
 }
@@ -196,7 +202,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
-        // Each pass moves the phase forward, so this loops at most three times.
+        // Each pass moves the phase forward, so this loops at most four times.
         loop {
             // The connection first: a wake-up is nearly always its I/O.
             if let Poll::Ready(served) = this.connection.as_mut().poll(cx) {
@@ -227,16 +233,24 @@ where
                 return Poll::Ready(());
             }
             if *this.phase == Phase::Grace && timers.grace.poll(cx).is_ready() {
+                let http1 = this.shared.http1.load(Ordering::Relaxed);
+                if !http1 && !this.shared.http2.load(Ordering::Relaxed) {
+                    *this.phase = Phase::FirstRequest;
+                    continue;
+                }
                 *this.phase = Phase::Finishing;
                 // With part of a request received, it is left to finish: its response carries
                 // `Connection: close`, after which hyper closes the connection; a client that
                 // never finishes it is cut at the deadline.
-                if !(this.shared.http1.load(Ordering::Relaxed)
-                    && this.shared.unclaimed_bytes.load(Ordering::Relaxed))
-                {
+                if !(http1 && this.shared.unclaimed_bytes.load(Ordering::Relaxed)) {
                     this.connection.as_mut().graceful_shutdown();
                     continue;
                 }
+            }
+            if *this.phase == Phase::FirstRequest && this.shared.http2.load(Ordering::Relaxed) {
+                *this.phase = Phase::Finishing;
+                this.connection.as_mut().graceful_shutdown();
+                continue;
             }
             return Poll::Pending;
         }
@@ -560,6 +574,43 @@ mod tests {
     fn start_drain(drain: &Drain, deadline: Duration) -> JoinHandle<DrainReport> {
         let drain = drain.clone();
         tokio::spawn(async move { drain.run(deadline).await })
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_a_request_at_the_grace_is_answered_when_one_comes() {
+        let drain = Drain::new();
+        let mut fresh = open(&drain, GRACE, calls());
+        let mut witness = open(&drain, LATER_GRACE, calls());
+        exchange(&mut witness).await;
+        let run = start_drain(&drain, DEADLINE);
+        closed(&mut witness).await;
+        fresh
+            .write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let reply = response(&mut fresh).await;
+        assert!(
+            reply.starts_with("http/1.1 200") && reply.contains("connection: close"),
+            "{reply}"
+        );
+        closed(&mut fresh).await;
+        let report = run.await.unwrap();
+        assert_eq!((report.open_at_start, report.cut), (2, 0));
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_never_sends_a_request_is_cut_at_the_deadline() {
+        let drain = Drain::new();
+        let _fresh = open(&drain, GRACE, calls());
+        let started = Instant::now();
+        let report = start_drain(&drain, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "{report:?}"
+        );
+        assert_eq!((report.open_at_start, report.cut), (1, 1));
     }
 
     #[tokio::test]

@@ -292,6 +292,8 @@ impl<O> Server<O> {
     /// open before it is closed. A request that arrives meanwhile is answered with
     /// `Connection: close`, so a client is never cut while its next request is on the wire; so is
     /// one whose first bytes arrived before the grace ended (or it is cut at the drain deadline).
+    /// A connection that has not sent its first request yet is not idle but about to: it is kept
+    /// until that request, answered with `Connection: close`, or cut at the drain deadline.
     /// Default 1 s (always bounded by the drain timeout).
     pub fn idle_grace(mut self, grace: Duration) -> Self {
         self.idle_grace = grace;

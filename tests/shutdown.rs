@@ -187,6 +187,61 @@ fn a_request_head_half_received_at_the_idle_grace_is_answered() {
     assert!(line.contains("cut=0"), "{line}");
 }
 
+/// A client that connected but had not sent its first request when the drain began (a starved
+/// client, a request still being built) is not an idle keep-alive connection: closing it at the
+/// idle grace would fail that first request, which no client retries. It is answered, with
+/// `Connection: close`, or cut at the drain deadline.
+#[test]
+fn a_connection_that_sent_nothing_by_the_idle_grace_still_gets_its_first_request_answered() {
+    let mut server = Hello::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--drain-timeout",
+        "10",
+        "--idle-grace",
+        "0.3",
+    ]);
+    let port = server.port();
+    let idle = keep_alive(port);
+    let mut fresh = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    fresh.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // Answered only once this connection was accepted: the fresh one, made before it, was too.
+    let mut witness = keep_alive(port);
+    signal(server.first_pid(), Signal::TERM);
+    server.wait_for(&["draining connections"]);
+    // Its sleep starts after the drain did and ends 0.7 s after every connection's grace: once
+    // it is answered, the server has handled the fresh connection's grace too.
+    write!(
+        witness,
+        "GET /sleep?ms=1000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .unwrap();
+    let slept = read_reply(witness).expect("the request in flight is answered");
+    assert_eq!((slept.status, slept.body.as_str()), (200, "slept 1000\n"));
+    let mut idle = idle;
+    let mut after = Vec::new();
+    idle.read_to_end(&mut after)
+        .expect("the used, idle connection is closed at the idle grace");
+    assert!(after.is_empty(), "{}", String::from_utf8_lossy(&after));
+
+    write!(fresh, "GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let reply = read_reply(fresh).expect("the first request of a fresh connection is answered");
+    assert_eq!((reply.status, reply.body.as_str()), (200, "pong\n"));
+    assert!(
+        reply
+            .headers
+            .to_ascii_lowercase()
+            .contains("connection: close"),
+        "{}",
+        reply.headers
+    );
+    assert!(server.wait_first_exit().success());
+    let line = server.wait_for(&["exiting with status 0"]);
+    assert!(line.contains("cut=0"), "{line}");
+}
+
 #[test]
 fn port_in_use_is_a_clear_error_and_a_non_zero_exit() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
