@@ -25,4 +25,5 @@ for scenario in keepalive control new-conn inflight usr1 shutdown; do
 done
 "$bench" run overhead --rounds 9 --secs 4
 "$bench" run wrk --secs 28 --upgrades 100 --interval-ms 250
+"$bench" run supervisor  # needs Go (Debian: golang-go)
 "$bench" report --results bench/results --out BENCHMARKS.md

@@ -5,6 +5,7 @@
 //! octopus-bench run control                # keepalive load, 50 × `octopus upgrade` back to back
 //! octopus-bench run overhead               # octopus vs baseline vs ecdysis, rounds A B C
 //! octopus-bench run wrk                    # keepalive load by wrk, for the cross-check
+//! octopus-bench run supervisor             # the Go server: `octopus run` vs a naive restart
 //! octopus-bench smoke                      # CI: keepalive, new-conn, control: 5 upgrades each, exit 1 on failure
 //! octopus-bench report                     # BENCHMARKS.md and the SVG plots from the JSON
 //! ```
@@ -18,6 +19,7 @@ mod report;
 mod results;
 mod scenarios;
 mod server;
+mod supervisor;
 mod upgrades;
 mod wrk;
 
@@ -39,7 +41,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run a scenario: keepalive, control, new-conn, inflight, usr1, shutdown, overhead, wrk.
+    /// Run a scenario: keepalive, control, new-conn, inflight, usr1, shutdown, overhead, wrk,
+    /// supervisor.
     Run {
         /// Scenario name.
         scenario: String,
@@ -199,6 +202,14 @@ async fn run_cmd(cmd: Cmd) -> Result<bool, String> {
                     eprintln!("{}", r.output);
                     results::write(&out, "wrk-keepalive.json", &r)?;
                     return Ok(true);
+                }
+                "supervisor" => {
+                    let o = supervisor::Options {
+                        upgrades: upgrades.unwrap_or(20),
+                        interval: std::time::Duration::from_millis(interval_ms.unwrap_or(500)),
+                        clients: clients.unwrap_or(64),
+                    };
+                    return supervisor::run(&bins.octopus, &o, &out, &command).await;
                 }
                 _ => {}
             }
