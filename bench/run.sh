@@ -29,4 +29,5 @@ done
 "$bench" run pinned --rounds 10 --secs 3
 "$bench" run curves
 "$bench" run wrk --secs 28 --upgrades 100 --interval-ms 250
+"$bench" run supervisor  # needs Go (Debian: golang-go)
 "$bench" report --results bench/results --out BENCHMARKS.md

@@ -7,6 +7,7 @@
 //! octopus-bench run pinned --rounds 10     # server on CPU 0, wrk/h2load on CPU 1: ratio lines
 //! octopus-bench run curves                 # RSS/conn, drain and hand-over times at scale
 //! octopus-bench run wrk                    # keepalive load by wrk, for the cross-check
+//! octopus-bench run supervisor             # the Go server: `octopus run` vs a naive restart
 //! octopus-bench smoke                      # CI: keepalive, new-conn, control: 5 upgrades each, exit 1 on failure
 //! octopus-bench report                     # BENCHMARKS.md and the SVG plots from the JSON
 //! ```
@@ -23,6 +24,7 @@ mod report_scale;
 mod results;
 mod scenarios;
 mod server;
+mod supervisor;
 mod upgrades;
 mod wrk;
 
@@ -45,7 +47,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run a scenario: keepalive, control, new-conn, inflight, usr1, shutdown, overhead, pinned,
-    /// curves, keepalive-10k, wrk.
+    /// curves, keepalive-10k, wrk, supervisor.
     Run {
         /// Scenario name.
         scenario: String,
@@ -226,6 +228,14 @@ async fn run_cmd(cmd: Cmd) -> Result<bool, String> {
                     eprintln!("{}", r.output);
                     results::write(&out, "wrk-keepalive.json", &r)?;
                     return Ok(true);
+                }
+                "supervisor" => {
+                    let o = supervisor::Options {
+                        upgrades: upgrades.unwrap_or(20),
+                        interval: std::time::Duration::from_millis(interval_ms.unwrap_or(500)),
+                        clients: clients.unwrap_or(64),
+                    };
+                    return supervisor::run(&bins.octopus, &o, &out, &command).await;
                 }
                 _ => {}
             }

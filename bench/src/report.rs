@@ -543,6 +543,7 @@ pub fn write(dir: &Path, out: &Path) -> Result<(), String> {
 
     crate::report_scale::write(&mut md, dir, &rel)?;
 
+    md.push_str(&crate::supervisor::section(dir));
     if let Ok(notes) = std::fs::read_to_string("bench/NOTES.md") {
         md.push('\n');
         md.push_str(&notes);

@@ -4,11 +4,16 @@
 // LISTEN_FDS, LISTEN_PID), tells the supervisor it is ready with READY=1 on NOTIFY_SOCKET, and
 // on SIGTERM stops accepting, finishes the requests in flight (http.Server.Shutdown) and exits 0.
 //
+// With -listen ADDR it binds ADDR itself instead and logs "listening on ADDR pid=N" to stderr:
+// the same server restarted the naive way (stop it, start it again), which the benchmark
+// (octopus-bench run supervisor) compares with `octopus run`.
+//
 // Routes: GET /ping, GET /pid (its pid), GET /slow?ms=N (answers after N ms).
 package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net"
 	"net/http"
@@ -20,17 +25,14 @@ import (
 )
 
 func main() {
-	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) || os.Getenv("LISTEN_FDS") == "" {
-		fmt.Fprintln(os.Stderr, "not started by socket activation (LISTEN_PID, LISTEN_FDS)")
-		os.Exit(1)
+	address := flag.String("listen", "", "bind this address itself instead of taking fd 3")
+	flag.Parse()
+	var listener net.Listener
+	if *address != "" {
+		listener = bind(*address)
+	} else {
+		listener = activated()
 	}
-	file := os.NewFile(3, "listener")
-	listener, err := net.FileListener(file)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "fd 3 is not a listening socket:", err)
-		os.Exit(1)
-	}
-	file.Close()
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("/ping", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "pong") })
@@ -57,6 +59,33 @@ func main() {
 		os.Exit(1)
 	}
 	<-stopped
+}
+
+// activated is the listening socket passed as fd 3 by socket activation.
+func activated() net.Listener {
+	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) || os.Getenv("LISTEN_FDS") == "" {
+		fmt.Fprintln(os.Stderr, "not started by socket activation (LISTEN_PID, LISTEN_FDS)")
+		os.Exit(1)
+	}
+	file := os.NewFile(3, "listener")
+	listener, err := net.FileListener(file)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fd 3 is not a listening socket:", err)
+		os.Exit(1)
+	}
+	file.Close()
+	return listener
+}
+
+// bind listens on address itself; the line it logs tells whoever started it that it serves.
+func bind(address string) net.Listener {
+	listener, err := net.Listen("tcp", address)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "listen:", err)
+		os.Exit(1)
+	}
+	fmt.Fprintf(os.Stderr, "listening on %s pid=%d\n", listener.Addr(), os.Getpid())
+	return listener
 }
 
 // notify sends one sd_notify message to the supervisor, if it gave a NOTIFY_SOCKET.
