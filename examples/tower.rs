@@ -10,7 +10,7 @@
 //! Routes: `GET /ping` answers `pong`, `GET /pid` the answering process id, anything else 404.
 
 use std::convert::Infallible;
-use std::future::{ready, Ready};
+use std::future::{Ready, ready};
 use std::process::ExitCode;
 use std::task::{Context, Poll};
 

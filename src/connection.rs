@@ -14,12 +14,12 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll, Waker};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
-use http::header::{HeaderValue, CONNECTION};
+use http::header::{CONNECTION, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -351,7 +351,7 @@ impl<S: HttpService> Future for Call<S> {
                     self.set(Call::Called { future });
                 }
                 CallProj::Failed { error } => {
-                    return Poll::Ready(Err(error.take().expect("polled after completion")))
+                    return Poll::Ready(Err(error.take().expect("polled after completion")));
                 }
             }
         }
@@ -487,7 +487,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
     use tokio::sync::mpsc;
     use tokio::task::JoinHandle;
-    use tokio::time::{timeout, Instant};
+    use tokio::time::{Instant, timeout};
 
     use crate::control::ListenerStats;
     use crate::drain::{Drain, DrainReport};

@@ -13,10 +13,10 @@ mod stats;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::drain::DrainReport;
@@ -104,7 +104,7 @@ impl Facts {
         let outcome = match result {
             Ok(pid) => Ok(*pid),
             Err(UpgradeError::InProgress | UpgradeError::Stopping | UpgradeError::NotReady) => {
-                return
+                return;
             }
             Err(e) => Err(protocol::upgrade_error(e)),
         };
@@ -249,7 +249,13 @@ async fn accept_loop(listener: tokio::net::UnixListener, weak: WeakHandle, mut g
                     "control connection refused: user {} is neither this server's user ({me}) nor root",
                     peer.uid()
                 );
-                refuse(&stream, &format!("permission denied: user {} may not control this server; run as user {me} or root", peer.uid()));
+                refuse(
+                    &stream,
+                    &format!(
+                        "permission denied: user {} may not control this server; run as user {me} or root",
+                        peer.uid()
+                    ),
+                );
                 continue;
             }
             Err(e) => {

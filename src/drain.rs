@@ -9,8 +9,8 @@ use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
-use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::trigger::{Fired, Trigger};
 
@@ -77,7 +77,7 @@ pub struct Hold {
 
 impl Hold {
     /// Resolves at the drain deadline, when the held work must stop.
-    pub fn cut(&self) -> impl Future<Output = ()> + Send + 'static {
+    pub fn cut(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
         self.cut.wait()
     }
 

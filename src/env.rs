@@ -230,7 +230,8 @@ impl Identity {
             None => Err(format!(
                 "{PARENT_PID_VAR}={parent_pid} is not this process's parent ({}), so they were \
                  inherited from an ancestor (an application that runs other programs passes them on)",
-                self.parent.map_or("outside this pid namespace".into(), |p| p.to_string())
+                self.parent
+                    .map_or("outside this pid namespace".into(), |p| p.to_string())
             )),
         }
     }
@@ -329,7 +330,7 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> + use<> {
         let map: HashMap<String, OsString> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), OsString::from(v)))

@@ -26,7 +26,9 @@ pub enum Error {
     },
 
     /// The address could not be parsed or resolved.
-    #[error("cannot resolve listen address {address:?}: {reason}; use HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")]
+    #[error(
+        "cannot resolve listen address {address:?}: {reason}; use HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080"
+    )]
     Address {
         /// The address as it was asked for.
         address: String,
@@ -35,7 +37,9 @@ pub enum Error {
     },
 
     /// The same listener was asked for twice in one process.
-    #[error("listener {key} was already asked for in this process; ask for each listener once and share it")]
+    #[error(
+        "listener {key} was already asked for in this process; ask for each listener once and share it"
+    )]
     DuplicateListener {
         /// The key asked for twice.
         key: String,
@@ -43,11 +47,15 @@ pub enum Error {
 
     /// [`Octopus::new`](crate::Octopus::new) was called while another `Octopus` is alive in this
     /// process.
-    #[error("an Octopus already runs in this process; there is one per process, since it owns the signals and the hand-over of every listener: serve all listeners through it (clone it, or serve through Octopus::server) rather than calling Octopus::new or octopus::serve twice")]
+    #[error(
+        "an Octopus already runs in this process; there is one per process, since it owns the signals and the hand-over of every listener: serve all listeners through it (clone it, or serve through Octopus::server) rather than calling Octopus::new or octopus::serve twice"
+    )]
     SecondInstance,
 
     /// A TLS certificate or key could not be used.
-    #[error("cannot use TLS file {path}: {reason}; give a PEM certificate chain and its PEM private key")]
+    #[error(
+        "cannot use TLS file {path}: {reason}; give a PEM certificate chain and its PEM private key"
+    )]
     Tls {
         /// The file that was read.
         path: PathBuf,
@@ -56,7 +64,9 @@ pub enum Error {
     },
 
     /// Octopus needs a Tokio runtime with I/O and time drivers enabled.
-    #[error("octopus must be started inside a Tokio runtime with I/O and time enabled (e.g. #[tokio::main])")]
+    #[error(
+        "octopus must be started inside a Tokio runtime with I/O and time enabled (e.g. #[tokio::main])"
+    )]
     NoRuntime,
 
     /// The process cannot describe how it was started, so it could not be upgraded.
@@ -137,7 +147,9 @@ impl fmt::Display for WithCauses<'_> {
 #[non_exhaustive]
 pub enum InheritError {
     /// A variable of the protocol is set while another one it needs is missing.
-    #[error("{present} is set but {missing} is not; the hand-over variables come together: unset {present} if it is left over from an earlier run")]
+    #[error(
+        "{present} is set but {missing} is not; the hand-over variables come together: unset {present} if it is left over from an earlier run"
+    )]
     Missing {
         /// The variable that is set.
         present: &'static str,
@@ -173,7 +185,9 @@ pub enum InheritError {
 #[non_exhaustive]
 pub enum UpgradeError {
     /// Another upgrade is in flight; only one runs at a time.
-    #[error("an upgrade is already in progress; this request is refused (send it again once the current one ends)")]
+    #[error(
+        "an upgrade is already in progress; this request is refused (send it again once the current one ends)"
+    )]
     InProgress,
 
     /// The process is shutting down or handing over, so it will not start a successor.
@@ -196,7 +210,9 @@ pub enum UpgradeError {
     },
 
     /// The working directory the new process would start in is gone.
-    #[error("cannot start the new process in {dir}, the directory this server was started from (it was removed or replaced: re-create it, or start the server from a directory that stays)")]
+    #[error(
+        "cannot start the new process in {dir}, the directory this server was started from (it was removed or replaced: re-create it, or start the server from a directory that stays)"
+    )]
     WorkingDirectory {
         /// The working directory of the old process when it started.
         dir: PathBuf,

@@ -213,7 +213,7 @@ pub(crate) fn is_bound_to(_fd: BorrowedFd<'_>, _file: &std::fs::Metadata) -> Opt
 /// kernel does not answer it (no `unix_diag` support, or a socket with no file).
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn bound_file(fd: BorrowedFd<'_>) -> Option<(u32, u32)> {
-    use rustix::net::{netlink, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+    use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, netlink};
     // From linux/sock_diag.h, linux/netlink.h and linux/unix_diag.h.
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const NLM_F_REQUEST: u16 = 1;
@@ -381,9 +381,11 @@ mod tests {
         let raw = fd.as_raw_fd();
         std::mem::forget(fd);
         let owned = adopt(raw, &ListenerKey::udp(format!("127.0.0.1:{port}"))).unwrap();
-        assert!(rustix::io::fcntl_getfd(&owned)
-            .unwrap()
-            .contains(FdFlags::CLOEXEC));
+        assert!(
+            rustix::io::fcntl_getfd(&owned)
+                .unwrap()
+                .contains(FdFlags::CLOEXEC)
+        );
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let p = problem(adopt(
             listener.as_raw_fd(),

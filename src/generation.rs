@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::accept::{accept_loop, accept_queued, Accept};
-use crate::drain::{Drain, DrainReport, Draining, DEFAULT_DRAIN_TIMEOUT};
+use crate::accept::{Accept, accept_loop, accept_queued};
+use crate::drain::{DEFAULT_DRAIN_TIMEOUT, Drain, DrainReport, Draining};
 use crate::error::Error;
 use crate::lifecycle::{Octopus, Reported, Stop};
 

@@ -137,7 +137,7 @@ pub use error::{Error, InheritError, UpgradeError};
 pub use generation::{Connections, Listener};
 pub use lifecycle::{AfterUpgrade, Handle, Octopus, Stop};
 pub use peer::Peer;
-pub use serve::{serve, OwnOctopus, Serve, Server};
+pub use serve::{OwnOctopus, Serve, Server, serve};
 #[cfg(feature = "tls")]
 pub use tls::tls_config_from_files;
 /// The rustls version octopus is built with. [`Server::bind_tls`] takes its `ServerConfig`: build

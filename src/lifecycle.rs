@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::activation::{self, Activated};
 use crate::config::OctopusBuilder;
 use crate::control::{self, Facts, Gate, ListenerStats};
-use crate::drain::{DrainReport, DEFAULT_DRAIN_TIMEOUT};
+use crate::drain::{DEFAULT_DRAIN_TIMEOUT, DrainReport};
 use crate::env::{Handover, LISTENERS_VAR, READY_FD_VAR};
 use crate::error::{Error, UpgradeError, WithCauses};
 use crate::fds;

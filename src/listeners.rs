@@ -342,7 +342,7 @@ fn bind_unix(path: &Path, mode: Option<u32>) -> Result<OwnedFd, Error> {
             return Err(Error::Address {
                 address,
                 reason: "the path exists and is not a socket; remove it or pick another".into(),
-            })
+            });
         }
         Err(_) => {}
     }

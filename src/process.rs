@@ -12,7 +12,7 @@ use std::process::ExitStatus;
 
 use rustix::io::FdFlags;
 
-use crate::env::{Handover, ALL_VARS, GENERATION_VAR, PID_VAR, UPGRADE_STARTED_VAR};
+use crate::env::{ALL_VARS, GENERATION_VAR, Handover, PID_VAR, UPGRADE_STARTED_VAR};
 use crate::error::Error;
 use crate::key::ListenerKey;
 use crate::readiness;

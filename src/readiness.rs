@@ -52,7 +52,7 @@ pub(crate) fn wait_writable(write: &OwnedFd) -> io::Result<()> {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("the readiness pipe stayed full for {WRITE_LIMIT:?}"),
-                ))
+                ));
             }
             Ok(_) if fds[0].revents().contains(PollFlags::OUT) => return Ok(()),
             // POLLERR: the read end is closed; the write says so precisely.

@@ -13,9 +13,9 @@ use hyper_util::server::conn::auto;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::accept::Accept;
-use crate::connection::{serve_connection, HttpService};
+use crate::connection::{HttpService, serve_connection};
 use crate::control::ListenerStats;
-use crate::drain::{Drain, DrainReport, DEFAULT_DRAIN_TIMEOUT};
+use crate::drain::{DEFAULT_DRAIN_TIMEOUT, Drain, DrainReport};
 use crate::error::Error;
 use crate::generation::{self, Served};
 use crate::lifecycle::{Octopus, WeakHandle};
@@ -379,7 +379,7 @@ impl<S: HttpService> Http<S> {
         &self,
         tls: Option<Handshake>,
         stats: Arc<ListenerStats>,
-    ) -> impl FnMut(AnyStream, PeerAddr, &Drain) + Send + 'static {
+    ) -> impl FnMut(AnyStream, PeerAddr, &Drain) + Send + 'static + use<S> {
         let builder = self.builder.clone();
         let service = self.service.clone();
         let idle_grace = self.idle_grace;

@@ -3,7 +3,7 @@
 //!
 //! This module turns a signal into an [`Action`]; the lifecycle acts on it.
 
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::error::Error;
 use crate::process::UPGRADE_SIGNALS;
@@ -129,8 +129,10 @@ mod tests {
                 })
             );
         }
-        assert!(HANDLED
-            .iter()
-            .all(|(name, _)| action_for(name, false).is_some()));
+        assert!(
+            HANDLED
+                .iter()
+                .all(|(name, _)| action_for(name, false).is_some())
+        );
     }
 }

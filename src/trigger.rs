@@ -6,12 +6,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 
-use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 
 /// Fires once; every [`Fired`] future then completes.
 #[derive(Debug, Clone, Default)]

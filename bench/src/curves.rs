@@ -69,7 +69,7 @@ pub struct CurvesResult {
 
 /// Raises this process's open-file limit to its hard limit (children inherit it).
 pub fn raise_nofile() -> u64 {
-    use rustix::process::{getrlimit, setrlimit, Resource};
+    use rustix::process::{Resource, getrlimit, setrlimit};
     let mut l = getrlimit(Resource::Nofile);
     l.current = l.maximum;
     let _ = setrlimit(Resource::Nofile, l);

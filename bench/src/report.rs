@@ -504,12 +504,22 @@ pub fn write(dir: &Path, out: &Path) -> Result<(), String> {
     }
 
     if let Some(w) = &wrk {
-        let _ = writeln!(md, "\n## Cross-check with wrk\n\nCommand: `{}` (runs `{}` against octopus while sending {} SIGHUPs; {} generations served).\n", w.command, w.wrk_command, w.upgrades, w.generations);
+        let _ = writeln!(
+            md,
+            "\n## Cross-check with wrk\n\nCommand: `{}` (runs `{}` against octopus while sending {} SIGHUPs; {} generations served).\n",
+            w.command, w.wrk_command, w.upgrades, w.generations
+        );
         let errors: u64 = w.socket_errors.iter().sum::<u64>() + w.non_2xx;
         let _ = writeln!(
             md,
             "wrk: {} requests, {:.0} req/s, socket errors connect {} read {} write {} timeout {}, non-2xx {}; latency p50 {} µs, p99 {} µs.\n",
-            w.requests, w.rps, w.socket_errors[0], w.socket_errors[1], w.socket_errors[2], w.socket_errors[3], w.non_2xx,
+            w.requests,
+            w.rps,
+            w.socket_errors[0],
+            w.socket_errors[1],
+            w.socket_errors[2],
+            w.socket_errors[3],
+            w.non_2xx,
             w.p50_us.map_or("?".into(), |v| format!("{v:.0}")),
             w.p99_us.map_or("?".into(), |v| format!("{v:.0}"))
         );

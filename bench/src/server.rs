@@ -142,7 +142,7 @@ pub struct State {
 }
 
 impl State {
-    fn gen(&mut self, pid: u32) -> &mut Gen {
+    fn generation(&mut self, pid: u32) -> &mut Gen {
         self.gens.entry(pid).or_insert_with(|| Gen {
             pid,
             ..Gen::default()
@@ -188,7 +188,7 @@ fn parse_line(state: &mut State, line: &str, now: Instant) {
     state.lines += 1;
     if line.contains("server started") {
         if let Some(pid) = pid_field(line) {
-            let g = state.gen(pid);
+            let g = state.generation(pid);
             if g.started.is_none() {
                 g.started = Some(now);
                 state.order.push(pid);
@@ -196,19 +196,19 @@ fn parse_line(state: &mut State, line: &str, now: Instant) {
         }
     } else if line.contains("new process spawned") {
         if let Some(pid) = pid_field(line) {
-            state.gen(pid).spawned = Some(now);
+            state.generation(pid).spawned = Some(now);
         }
     } else if line.contains("new process ready") {
         if let Some(pid) = pid_field(line) {
-            state.gen(pid).ready = Some(now);
+            state.generation(pid).ready = Some(now);
         }
     } else if line.contains("old process draining") {
         if let Some(pid) = pid_field(line) {
-            state.gen(pid).draining = Some(now);
+            state.generation(pid).draining = Some(now);
         }
     } else if line.contains("server shut down") {
         if let Some(pid) = pid_field(line) {
-            state.gen(pid).shut_down = Some(now);
+            state.generation(pid).shut_down = Some(now);
         }
     } else if let Some(i) = line.find("listening on ") {
         let addr = line[i + 13..].split_whitespace().next().unwrap_or("");
@@ -231,7 +231,7 @@ fn parse_line(state: &mut State, line: &str, now: Instant) {
         let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
         if rest[digits.len()..].starts_with(" exited") {
             if let Ok(pid) = digits.parse::<u32>() {
-                let g = state.gen(pid);
+                let g = state.generation(pid);
                 if g.exited.is_none() {
                     g.exited = Some(now);
                     g.status = Some("reaped by its parent".into());
@@ -287,7 +287,7 @@ fn spawn_reaper(state: Arc<Mutex<State>>, changed: Arc<watch::Sender<u64>>) {
                     if let Some(helper) = s.helpers.get_mut(&pid) {
                         *helper = Some((now, text));
                     } else {
-                        let g = s.gen(pid);
+                        let g = s.generation(pid);
                         if g.exited.is_none() || g.status.as_deref() == Some("reaped by its parent")
                         {
                             g.exited = g.exited.or(Some(now));

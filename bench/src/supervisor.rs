@@ -380,7 +380,7 @@ async fn control_upgrade(s: &Setup<'_>) -> ControlCall {
             return ControlCall {
                 status: format!("cannot start {}: {e}", s.octopus.display()),
                 ..ControlCall::default()
-            }
+            };
         }
     };
     let done = finish(child, READY_TIMEOUT + Duration::from_secs(10)).await;

@@ -262,7 +262,7 @@ async fn run_cli(server: &Server, cli: &ControlCli, ready_timeout: Duration) -> 
             return ControlCall {
                 status: format!("cannot start {}: {e}", cli.program.display()),
                 ..ControlCall::default()
-            }
+            };
         }
     };
     let pid = child.id();

@@ -41,18 +41,22 @@ impl fmt::Display for Failure {
                     ErrorKind::ConnectionRefused => format!(
                         "nothing answers on {shown} (a socket file left by a server that is gone); start the server"
                     ),
-                    ErrorKind::PermissionDenied => format!(
-                        "permission denied on {shown}; run as the server's user or root"
-                    ),
+                    ErrorKind::PermissionDenied => {
+                        format!("permission denied on {shown}; run as the server's user or root")
+                    }
                     _ => format!("cannot connect to {shown} ({error}); check the path"),
                 };
                 f.write_str(&hint)
             }
-            Failure::Exchange { path, error } if error.kind() == ErrorKind::WouldBlock || error.kind() == ErrorKind::TimedOut => write!(
-                f,
-                "no answer on {} in time; the server may be stuck: check its log",
-                path.display()
-            ),
+            Failure::Exchange { path, error }
+                if error.kind() == ErrorKind::WouldBlock || error.kind() == ErrorKind::TimedOut =>
+            {
+                write!(
+                    f,
+                    "no answer on {} in time; the server may be stuck: check its log",
+                    path.display()
+                )
+            }
             Failure::Exchange { path, error } => write!(
                 f,
                 "the exchange on {} failed ({error}); the server may have exited: check its log",
@@ -201,7 +205,7 @@ pub fn wait_status(
                 return Err(Failure::Answer {
                     path: path.into(),
                     reason: format!("the status did not change within {limit:?}"),
-                })
+                });
             }
             _ => std::thread::sleep(Duration::from_millis(50)),
         }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::error::{UpgradeError, WithCauses};
 
@@ -75,7 +75,7 @@ pub(crate) fn parse(line: &[u8]) -> Result<Command, String> {
                 Some(secs) => {
                     return Err(format!(
                         "timeout {secs} is not a number of seconds between 0 and 86400"
-                    ))
+                    ));
                 }
             };
             Ok(Command::Upgrade {

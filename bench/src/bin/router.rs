@@ -19,11 +19,11 @@ use std::process::ExitCode;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::extract::Request;
 use axum::Router;
+use axum::extract::Request;
 use clap::{Parser, ValueEnum};
 use octopus::{Handle, Octopus};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum With {

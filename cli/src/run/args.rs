@@ -163,7 +163,7 @@ fn signal(text: &str) -> Result<i32, String> {
             _ => {
                 return Err(format!(
                     "{text:?} is not a signal name (SIGTERM, SIGQUIT, ...) or number"
-                ))
+                ));
             }
         },
     };

@@ -7,10 +7,10 @@ use std::os::unix::net::UnixListener as StdListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::log::log;
 use super::supervisor::Event;
@@ -111,7 +111,10 @@ pub fn serve(listener: StdListener, events: mpsc::UnboundedSender<Event>) -> std
             match stream.peer_cred() {
                 Ok(peer) if peer.uid() == me || peer.uid() == 0 => {}
                 Ok(peer) => {
-                    log!("control connection refused: user {} is neither the supervisor's user ({me}) nor root", peer.uid());
+                    log!(
+                        "control connection refused: user {} is neither the supervisor's user ({me}) nor root",
+                        peer.uid()
+                    );
                     let _ = stream.try_write(&error(&format!(
                         "permission denied: run as user {me} or root"
                     )));

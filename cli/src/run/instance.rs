@@ -5,7 +5,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::{Instant, SystemTime};
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::task::AbortHandle;
 
 pub struct Instance {

@@ -157,7 +157,9 @@ async fn http_ok(address: SocketAddr, path: &str) -> bool {
     let Ok(mut stream) = TcpStream::connect(address).await else {
         return false;
     };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nUser-Agent: octopus-run\r\n\r\n");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nUser-Agent: octopus-run\r\n\r\n"
+    );
     if stream.write_all(request.as_bytes()).await.is_err() {
         return false;
     }

@@ -20,12 +20,12 @@ use std::process::ExitStatus;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::instance::{Exit, Instance};
 use super::log::log;
 use super::readiness::{Check, NotifySocket};
-use super::supervisor::{millis, Supervisor};
+use super::supervisor::{Supervisor, millis};
 
 const STATE_VAR: &str = "OCTOPUS_RUN_STATE";
 const PREFLIGHT_LIMIT: Duration = Duration::from_secs(10);
@@ -344,7 +344,9 @@ fn adopt_notify(fd: RawFd, supervisor: &Supervisor, id: u64) -> Option<NotifySoc
     let socket = unsafe {
         let mut stat: libc::stat = std::mem::zeroed();
         if libc::fstat(fd, &mut stat) != 0 || stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            log!("the notify socket fd {fd} passed by the previous image is not a socket; ignoring it");
+            log!(
+                "the notify socket fd {fd} passed by the previous image is not a socket; ignoring it"
+            );
             return None;
         }
         std::os::unix::net::UnixDatagram::from_raw_fd(fd)

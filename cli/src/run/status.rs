@@ -2,10 +2,10 @@
 
 use std::time::Instant;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::instance::Instance;
-use super::supervisor::{millis, Supervisor};
+use super::supervisor::{Supervisor, millis};
 
 impl Supervisor {
     pub fn state(&self) -> &'static str {

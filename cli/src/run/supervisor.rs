@@ -4,18 +4,18 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::{json, Value};
-use tokio::signal::unix::{signal, SignalKind};
+use serde_json::{Value, json};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
 use super::args::{Ready, RunArgs};
 use super::control::{Answer, Request};
-use super::instance::{rfc3339, Exit, Instance};
+use super::instance::{Exit, Instance, rfc3339};
 use super::log::log;
 use super::readiness::{Check, NotifySocket};
 use super::restart::{self, Backoff};
 use super::sockets::Sockets;
-use super::spawn::{spawn, Launch};
+use super::spawn::{Launch, spawn};
 use super::{notify, reexec};
 
 /// What tasks tell the event loop.
@@ -269,7 +269,13 @@ impl Supervisor {
         }
         if let Some(candidate) = &mut self.candidate {
             let pid = candidate.instance.pid;
-            return refuse(reply, "in_progress", format!("an upgrade is already in progress (new instance {pid}); try again once it is over"));
+            return refuse(
+                reply,
+                "in_progress",
+                format!(
+                    "an upgrade is already in progress (new instance {pid}); try again once it is over"
+                ),
+            );
         }
         let began = Instant::now();
         match self.launch() {
@@ -293,7 +299,10 @@ impl Supervisor {
                 });
             }
             Err(e) => {
-                let error = format!("cannot start the new instance {}: {e}; check that the file exists and is executable", self.program());
+                let error = format!(
+                    "cannot start the new instance {}: {e}; check that the file exists and is executable",
+                    self.program()
+                );
                 log!("upgrade failed; the old instance keeps serving: {error}");
                 let fields = json!({"reason": "spawn", "error": error});
                 self.record_upgrade(fields.clone(), began);
@@ -328,7 +337,12 @@ impl Supervisor {
             let took = now - candidate.began;
             match old {
                 Some(mut old) => {
-                    log!("new instance {new} ready after {} ms; stopping old instance {} (signal {})", took.as_millis(), old.pid, self.args.stop_signal);
+                    log!(
+                        "new instance {new} ready after {} ms; stopping old instance {} (signal {})",
+                        took.as_millis(),
+                        old.pid,
+                        self.args.stop_signal
+                    );
                     old.stop(self.args.stop_signal, now + self.args.stop_timeout);
                     self.retiring.push(old);
                 }
@@ -468,7 +482,10 @@ impl Supervisor {
             return;
         }
         if self.candidate.is_some() {
-            log!("instance {} exited during an upgrade ({exit}); the new instance takes over once ready", instance.pid);
+            log!(
+                "instance {} exited during an upgrade ({exit}); the new instance takes over once ready",
+                instance.pid
+            );
             return;
         }
         let ready_for = instance.ready_at.map(|at| at.elapsed());
@@ -533,7 +550,10 @@ impl Supervisor {
         let stop_timeout = self.args.stop_timeout;
         for instance in self.instances_mut() {
             if !instance.killed && instance.kill_at.is_some_and(|at| at <= now) {
-                log!("instance {} did not exit within {stop_timeout:?} of the stop signal; killing it", instance.pid);
+                log!(
+                    "instance {} did not exit within {stop_timeout:?} of the stop signal; killing it",
+                    instance.pid
+                );
                 instance.kill();
             }
         }
@@ -571,7 +591,13 @@ impl Supervisor {
                 "the supervisor is stopping; upgrade refused".to_string(),
             ))
         } else if let Some(candidate) = &self.candidate {
-            Some(("in_progress", format!("an upgrade of the instance is in progress (new instance {}); try again once it is over", candidate.instance.pid)))
+            Some((
+                "in_progress",
+                format!(
+                    "an upgrade of the instance is in progress (new instance {}); try again once it is over",
+                    candidate.instance.pid
+                ),
+            ))
         } else if self.reexec_pending {
             Some((
                 "in_progress",
