@@ -578,24 +578,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_without_a_request_at_the_grace_is_answered_when_one_comes() {
-        let drain = Drain::new();
-        let mut fresh = open(&drain, GRACE, calls());
-        let mut witness = open(&drain, LATER_GRACE, calls());
-        exchange(&mut witness).await;
-        let run = start_drain(&drain, DEADLINE);
-        closed(&mut witness).await;
-        fresh
-            .write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let reply = response(&mut fresh).await;
-        assert!(
-            reply.starts_with("http/1.1 200") && reply.contains("connection: close"),
-            "{reply}"
-        );
-        closed(&mut fresh).await;
-        let report = run.await.unwrap();
-        assert_eq!((report.open_at_start, report.cut), (2, 0));
+        answered_after_the_grace(false, b"", b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n").await;
     }
 
     #[tokio::test]
@@ -626,17 +609,22 @@ mod tests {
         assert_eq!((report.open_at_start, report.cut), (1, 0));
     }
 
-    #[tokio::test]
-    async fn a_head_half_received_at_the_grace_is_answered_once_complete() {
+    /// Starts a drain on a connection that was used once (`used`) or not, with `before` received
+    /// at its start; once the grace is over (a witness with a later grace is closed), sends
+    /// `after`, and asserts that the request is answered with `Connection: close`, the
+    /// connection then closed, and nothing cut.
+    async fn answered_after_the_grace(used: bool, before: &[u8], after: &[u8]) {
         let drain = Drain::new();
         let mut late = open(&drain, GRACE, calls());
         let mut witness = open(&drain, LATER_GRACE, calls());
-        exchange(&mut late).await;
+        if used {
+            exchange(&mut late).await;
+        }
         exchange(&mut witness).await;
-        late.write_all(b"GET /ping HTTP/1.1\r\nHo").await.unwrap();
+        late.write_all(before).await.unwrap();
         let run = start_drain(&drain, DEADLINE);
         closed(&mut witness).await;
-        late.write_all(b"st: x\r\n\r\n").await.unwrap();
+        late.write_all(after).await.unwrap();
         let reply = response(&mut late).await;
         assert!(
             reply.starts_with("http/1.1 200") && reply.contains("connection: close"),
@@ -648,22 +636,13 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_head_half_received_at_the_grace_is_answered_once_complete() {
+        answered_after_the_grace(true, b"GET /ping HTTP/1.1\r\nHo", b"st: x\r\n\r\n").await;
+    }
+
+    #[tokio::test]
     async fn a_first_head_half_received_at_the_grace_is_answered_once_complete() {
-        let drain = Drain::new();
-        let mut late = open(&drain, GRACE, calls());
-        let mut witness = open(&drain, LATER_GRACE, calls());
-        exchange(&mut witness).await;
-        late.write_all(b"GET /ping HTTP/1.1\r\nHo").await.unwrap();
-        let run = start_drain(&drain, DEADLINE);
-        closed(&mut witness).await;
-        late.write_all(b"st: x\r\n\r\n").await.unwrap();
-        let reply = response(&mut late).await;
-        assert!(
-            reply.starts_with("http/1.1 200") && reply.contains("connection: close"),
-            "{reply}"
-        );
-        let report = run.await.unwrap();
-        assert_eq!((report.open_at_start, report.cut), (2, 0));
+        answered_after_the_grace(false, b"GET /ping HTTP/1.1\r\nHo", b"st: x\r\n\r\n").await;
     }
 
     #[tokio::test]
