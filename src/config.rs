@@ -5,10 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::error::Error;
-use crate::lifecycle::Octopus;
-
-/// Starts an [`Octopus`] with options: [`Octopus::builder`].
+/// Starts an [`Octopus`](crate::Octopus) with options: [`Octopus::builder`](crate::Octopus::builder).
 ///
 /// ```
 /// use std::time::Duration;
@@ -103,10 +100,5 @@ impl OctopusBuilder {
     pub fn control_mode(mut self, mode: u32) -> Self {
         self.control_mode = mode;
         self
-    }
-
-    /// Starts the generation: see [`Octopus::new`], which is `Octopus::builder().build()`.
-    pub fn build(self) -> Result<Octopus, Error> {
-        Octopus::start(self)
     }
 }

@@ -174,6 +174,14 @@ pub struct Connections<L> {
     drain_timeout: Duration,
 }
 
+impl Octopus {
+    /// Serves the connections of any protocol on `listener` (one this generation returned)
+    /// through this generation: see [`Connections`].
+    pub fn connections<L: Listener>(&self, listener: L) -> Connections<L> {
+        Connections::new(self, listener)
+    }
+}
+
 impl<L: Listener> Connections<L> {
     pub(crate) fn new(octopus: &Octopus, listener: L) -> Self {
         Connections {

@@ -18,14 +18,12 @@ use crate::drain::{DEFAULT_DRAIN_TIMEOUT, DrainReport};
 use crate::env::{Handover, LISTENERS_VAR, READY_FD_VAR};
 use crate::error::{Error, UpgradeError, WithCauses};
 use crate::fds;
-use crate::generation::{Connections, Listener};
 use crate::key::ListenerKey;
 use crate::listeners::Registry;
 use crate::notify;
 use crate::pidfile;
 use crate::process::{ChildProcess, OsChild, OsSpawner, StartInfo};
 use crate::readiness;
-use crate::serve::Server;
 use crate::signals::{self, Action};
 pub use crate::upgrade::AfterUpgrade;
 use crate::upgrade::Upgrader;
@@ -165,6 +163,13 @@ impl WeakHandle {
     }
 }
 
+impl OctopusBuilder {
+    /// Starts the generation: see [`Octopus::new`], which is `Octopus::builder().build()`.
+    pub fn build(self) -> Result<Octopus, Error> {
+        Octopus::start(self)
+    }
+}
+
 impl Octopus {
     /// Starts a generation: adopts the listeners handed over by the previous process (if this one
     /// was started by an upgrade) and, unless switched off, installs the signal handlers.
@@ -189,7 +194,7 @@ impl Octopus {
         OctopusBuilder::default()
     }
 
-    pub(crate) fn start(config: OctopusBuilder) -> Result<Self, Error> {
+    fn start(config: OctopusBuilder) -> Result<Self, Error> {
         tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         if INSTANCE
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -461,18 +466,6 @@ impl Octopus {
     /// upgrade, leave them open: the successor serves them.
     pub fn close_listeners(&self) {
         self.inner.registry.close_all();
-    }
-
-    /// An HTTP server that serves through this generation, so it may be given listeners asked of
-    /// it ([`Server::listener`]).
-    pub fn server(&self) -> Server<Octopus> {
-        Server::through(self.clone())
-    }
-
-    /// Serves the connections of any protocol on `listener` (one this generation returned)
-    /// through this generation: see [`Connections`].
-    pub fn connections<L: Listener>(&self, listener: L) -> Connections<L> {
-        Connections::new(self, listener)
     }
 
     /// How long a successor this process stops gets before it is killed: the drain timeout of

@@ -162,6 +162,14 @@ impl Default for Server {
     }
 }
 
+impl Octopus {
+    /// An HTTP server that serves through this generation, so it may be given listeners asked of
+    /// it ([`Server::listener`]).
+    pub fn server(&self) -> Server<Octopus> {
+        Server::through(self.clone())
+    }
+}
+
 impl Server<Octopus> {
     /// A server that serves through `octopus`: [`Octopus::server`].
     pub(crate) fn through(octopus: Octopus) -> Self {
