@@ -1,15 +1,12 @@
-//! A graceful line echo server on [`Octopus::connections`], no HTTP: each line is echoed back,
-//! except `pid`, answered with the serving process id. When the drain starts (shutdown or
-//! hand-over), a connection finishes the line in progress, writes `bye` and closes; at the drain
-//! deadline the rest are cut.
+//! A graceful line echo server on [`Octopus::connections`], no HTTP (`pid` is answered with the
+//! serving pid). When the drain starts (shutdown or hand-over), a connection finishes the line in
+//! progress, writes `bye` and closes; at the drain deadline the rest are cut.
 //!
 //! ```text
 //! cargo run --example echo -- -h 127.0.0.1 -p 7000
-//! exec 3<>/dev/tcp/127.0.0.1/7000       # bash alone: a connection on fd 3
-//! echo hello >&3; read -r line <&3; echo "$line"    # hello
-//! echo pid >&3; read -r pid <&3; echo "$pid"        # the pid of the serving process
-//! kill -HUP $pid                        # upgrade: this connection gets "bye" and is closed;
-//! read -r line <&3; echo "$line"        # bye   (new connections go to the new pid)
+//! exec 3<>/dev/tcp/127.0.0.1/7000                  # bash alone: a connection on fd 3
+//! echo pid >&3; read -r pid <&3; echo "$pid"        # the serving pid; other lines echo
+//! kill -HUP $pid; read -r line <&3; echo "$line"    # upgrade: "bye"; new connections go to the new pid
 //! ```
 
 use std::process::ExitCode;
@@ -42,13 +39,11 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // Flushed once `serve` has stopped its runtime, so the last lines of every task are written.
     let _logging = logging::init();
-    match serve(args) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{}", logging::error_line(&*e));
-            ExitCode::FAILURE
-        }
+    if let Err(e) = serve(args) {
+        tracing::error!("{}", logging::error_line(&*e));
+        return ExitCode::FAILURE;
     }
+    ExitCode::SUCCESS
 }
 
 #[tokio::main]
@@ -104,8 +99,10 @@ async fn echo(socket: TcpStream, draining: Draining) -> std::io::Result<()> {
 
 async fn answer(socket: &mut TcpStream, line: &[u8]) -> std::io::Result<()> {
     let pid = format!("{}\n", std::process::id());
-    let pid_asked = line.trim_ascii() == b"pid";
-    socket
-        .write_all(if pid_asked { pid.as_bytes() } else { line })
-        .await
+    let reply = if line.trim_ascii() == b"pid" {
+        pid.as_bytes()
+    } else {
+        line
+    };
+    socket.write_all(reply).await
 }
