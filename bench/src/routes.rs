@@ -62,6 +62,34 @@ mod hello_routes;
 
 pub use hello_routes::route;
 
+/// For the servers that are not graceful (baseline, http1-only): binds `args`' address, logs it
+/// as `hello` does, and makes SIGTERM and SIGINT exit at once. `None` once the error is logged.
+// `router` and the ecdysis peer bind and stop in their own ways.
+#[allow(dead_code)]
+pub async fn listen_until_killed(args: &Args) -> Option<tokio::net::TcpListener> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listener = match tokio::net::TcpListener::bind(args.address()).await {
+        Ok(l) => l,
+        Err(e) => {
+            log(&format!("ERROR cannot listen on {}: {e}", args.address()));
+            return None;
+        }
+    };
+    match listener.local_addr() {
+        Ok(local) => log(&format!("listening on {local}")),
+        Err(e) => log(&format!("ERROR local address: {e}")),
+    }
+    log(&format!("server started pid={}", std::process::id()));
+    for kind in [SignalKind::terminate(), SignalKind::interrupt()] {
+        let Ok(mut s) = signal(kind) else { continue };
+        tokio::spawn(async move {
+            s.recv().await;
+            std::process::exit(0);
+        });
+    }
+    Some(listener)
+}
+
 /// `route`'s `draining` for servers without a drain signal: `/ready` always answers `ready`.
 // `router` has a drain signal of its own.
 #[allow(dead_code)]

@@ -16,31 +16,13 @@ use std::time::Duration;
 use clap::Parser;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = routes::Args::parse();
-    let listener = match TcpListener::bind(args.address()).await {
-        Ok(l) => l,
-        Err(e) => {
-            log!("ERROR cannot listen on {}: {e}", args.address());
-            return ExitCode::FAILURE;
-        }
+    let Some(listener) = routes::listen_until_killed(&args).await else {
+        return ExitCode::FAILURE;
     };
-    match listener.local_addr() {
-        Ok(local) => log!("listening on {local}"),
-        Err(e) => log!("ERROR local address: {e}"),
-    }
-    log!("server started pid={}", std::process::id());
-    for kind in [SignalKind::terminate(), SignalKind::interrupt()] {
-        let Ok(mut s) = signal(kind) else { continue };
-        tokio::spawn(async move {
-            s.recv().await;
-            std::process::exit(0);
-        });
-    }
     let mut builder = http1::Builder::new();
     if args.hyper_timer {
         builder.timer(TokioTimer::new());
