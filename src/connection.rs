@@ -31,6 +31,7 @@ use tokio::time::Sleep;
 use crate::control::{ConnectionSlot, InFlight};
 use crate::drain::{Draining, Hold};
 use crate::peer::PeerAddr;
+use crate::stream::InputProbe;
 use crate::trigger::Fired;
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
@@ -108,6 +109,7 @@ pub(crate) fn serve_connection<S, IO>(
     idle_grace: Duration,
     slot: ConnectionSlot,
     peer: PeerAddr,
+    input: InputProbe,
 ) -> ServeConnection<IO, S>
 where
     S: HttpService,
@@ -142,6 +144,7 @@ where
         shared,
         idle_grace,
         peer,
+        input,
         _slot: slot,
     }
 }
@@ -179,6 +182,8 @@ pin_project_lite::pin_project! {
         shared: Arc<Shared>,
         idle_grace: Duration,
         peer: PeerAddr,
+        // Asked when the grace ends, for a next request Tokio has not seen arrive yet.
+        input: InputProbe,
         _slot: ConnectionSlot,
     }
 }
@@ -239,10 +244,14 @@ where
                     continue;
                 }
                 *this.phase = Phase::Finishing;
-                // With part of a request received, it is left to finish: its response carries
-                // `Connection: close`, after which hyper closes the connection; a client that
-                // never finishes it is cut at the deadline.
-                if !(http1 && this.shared.unclaimed_bytes.load(Ordering::Relaxed)) {
+                // With part of a request received, or one waiting in the socket, it is left to
+                // finish: its response carries `Connection: close`, after which hyper closes the
+                // connection; a client that never finishes it is cut at the deadline.
+                let started = this.shared.unclaimed_bytes.load(Ordering::Relaxed)
+                    // SAFETY: the socket belongs to `connection`, which has not ended (polled
+                    // above), and HTTP/1 hands its socket away only on an upgrade, which ends it.
+                    || unsafe { this.input.has_input() };
+                if !(http1 && started) {
                     this.connection.as_mut().graceful_shutdown();
                     continue;
                 }
@@ -504,6 +513,24 @@ mod tests {
     /// `pong`, and reports each call on `called`.
     fn open(drain: &Drain, grace: Duration, called: mpsc::UnboundedSender<()>) -> DuplexStream {
         let (client, server) = tokio::io::duplex(1024);
+        serve(
+            drain,
+            grace,
+            server,
+            called,
+            InputProbe::Scripted(Arc::new(|| false)),
+        );
+        client
+    }
+
+    /// Serves `server` as `open` does, with `input` as the kernel's view of its socket.
+    fn serve(
+        drain: &Drain,
+        grace: Duration,
+        server: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        called: mpsc::UnboundedSender<()>,
+        input: InputProbe,
+    ) {
         let service = tower::service_fn(move |request: Request<Incoming>| {
             let _ = called.send(());
             async move {
@@ -522,8 +549,8 @@ mod tests {
             grace,
             slot,
             PeerAddr::Tcp(([127, 0, 0, 1], 1).into()),
+            input,
         ));
-        client
     }
 
     fn calls() -> mpsc::UnboundedSender<()> {
@@ -633,6 +660,94 @@ mod tests {
         closed(&mut late).await;
         let report = run.await.unwrap();
         assert_eq!((report.open_at_start, report.cut), (2, 0));
+    }
+
+    /// The server's side of a connection whose next bytes have reached the socket but not
+    /// Tokio, as on a server too busy to turn its reactor: reads stay pending while `unseen`,
+    /// until the probe, which asks the socket, is consulted.
+    struct Unseen {
+        inner: DuplexStream,
+        unseen: Arc<AtomicBool>,
+        reader: Arc<std::sync::Mutex<Option<Waker>>>,
+    }
+
+    impl AsyncRead for Unseen {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if self.unseen.load(Ordering::SeqCst) {
+                *self.reader.lock().unwrap() = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Unseen {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_in_the_socket_but_unseen_at_the_grace_is_answered() {
+        let drain = Drain::new();
+        let (mut client, server) = tokio::io::duplex(1024);
+        let unseen = Arc::new(AtomicBool::new(false));
+        let reader = Arc::new(std::sync::Mutex::new(None::<Waker>));
+        let probe = {
+            let (unseen, reader) = (unseen.clone(), reader.clone());
+            // The socket holds the request: say so, and let the reactor catch up.
+            move || {
+                let waiting = unseen.swap(false, Ordering::SeqCst);
+                if let Some(waker) = reader.lock().unwrap().take() {
+                    waker.wake();
+                }
+                waiting
+            }
+        };
+        let server = Unseen {
+            inner: server,
+            unseen: unseen.clone(),
+            reader,
+        };
+        serve(
+            &drain,
+            GRACE,
+            server,
+            calls(),
+            InputProbe::Scripted(Arc::new(probe)),
+        );
+        exchange(&mut client).await;
+        unseen.store(true, Ordering::SeqCst);
+        client
+            .write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let run = start_drain(&drain, DEADLINE);
+        let reply = response(&mut client).await;
+        assert!(
+            reply.starts_with("http/1.1 200") && reply.contains("connection: close"),
+            "{reply}"
+        );
+        assert!(!unseen.load(Ordering::SeqCst), "answered without the probe");
+        closed(&mut client).await;
+        let report = run.await.unwrap();
+        assert_eq!((report.open_at_start, report.cut), (1, 0));
     }
 
     #[tokio::test]

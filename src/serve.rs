@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::generation::{self, Served};
 use crate::lifecycle::{Octopus, WeakHandle};
 use crate::peer::{Peer, PeerAddr, WithPeer};
-use crate::stream::{AnyListener, AnyStream};
+use crate::stream::{AnyListener, AnyStream, InputProbe};
 #[cfg(feature = "tls")]
 use crate::tls::Handshake;
 
@@ -400,8 +400,9 @@ impl<S: HttpService> Http<S> {
             match tls.clone() {
                 None => {
                     let service = WithPeer::new(service.clone(), Peer::new(peer.clone()));
+                    let input = InputProbe::of(&stream);
                     tokio::spawn(serve_connection(
-                        &builder, stream, service, hold, draining, idle_grace, slot, peer,
+                        &builder, stream, service, hold, draining, idle_grace, slot, peer, input,
                     ));
                 }
                 #[cfg(feature = "tls")]
@@ -419,9 +420,10 @@ impl<S: HttpService> Http<S> {
                             Ok(stream) => {
                                 let tls_peer = Peer::tls(peer.clone(), stream.get_ref().1);
                                 let service = WithPeer::new(service, tls_peer);
+                                let input = InputProbe::of(stream.get_ref().0);
                                 serve_connection(
                                     &builder, stream, service, hold, draining, idle_grace, slot,
-                                    peer,
+                                    peer, input,
                                 )
                                 .await
                             }
