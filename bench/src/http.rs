@@ -102,6 +102,23 @@ pub fn request(path: &str, close: bool) -> Vec<u8> {
         .into_bytes()
 }
 
+/// Whether the server has closed (or reset, or written unasked to) an idle keep-alive
+/// connection, seen without blocking. Checked before each reuse, as every pooling client does
+/// (hyper-util's pool drops a connection whose idle read saw EOF, Go's `Transport` reads every
+/// idle connection in the background, curl peeks before reuse): a request is then only written
+/// on a connection the client has no reason to think closed, and what fails is the race itself,
+/// a close that crosses a request on the wire, not a close the client had already been told of.
+///
+/// A system call rather than Tokio's `try_read`: Tokio learns of the close only when a worker
+/// next polls the reactor, which a client among 10,000 busy ones may do long after the FIN came.
+pub fn closed_while_idle(stream: &TcpStream) -> bool {
+    use rustix::net::{RecvFlags, recv};
+    match recv(stream, &mut [0u8; 1], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Err(e) => e != rustix::io::Errno::AGAIN,
+        Ok(_) => true,
+    }
+}
+
 /// Sends one request on `stream` and reads the full response, within `timeout`.
 pub async fn exchange(
     stream: &mut TcpStream,

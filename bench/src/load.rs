@@ -114,6 +114,9 @@ pub struct GroupStats {
     pub latency_us: Histogram<u64>,
     /// Connections opened.
     pub connections: u64,
+    /// Idle connections found closed by the server before their next request (dropped, and
+    /// the request sent on a new connection, as a pooling client does).
+    pub closed_while_idle: u64,
 }
 
 impl GroupStats {
@@ -123,6 +126,7 @@ impl GroupStats {
             failed: [0; 7],
             latency_us: Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds"),
             connections: 0,
+            closed_while_idle: 0,
         }
     }
 
@@ -133,6 +137,7 @@ impl GroupStats {
         }
         let _ = self.latency_us.add(&other.latency_us);
         self.connections += other.connections;
+        self.closed_while_idle += other.closed_while_idle;
     }
 
     /// All failures.
@@ -255,6 +260,10 @@ async fn client(spec: LoadSpec, group: usize) -> Client {
                 .is_some_and(|s| s.load(Ordering::Relaxed))
         {
             break;
+        }
+        if conn.as_ref().is_some_and(http::closed_while_idle) {
+            me.stats.closed_while_idle += 1;
+            conn = None;
         }
         if conn.is_none() {
             match http::connect(spec.addr, spec.timeout).await {

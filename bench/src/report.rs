@@ -148,12 +148,12 @@ fn machine() -> String {
 
 fn scenario_table(out: &mut String, rs: &[&ScenarioResult]) {
     out.push_str(
-        "| server | ok | failed (by class) | req/s | p50 / p99 µs | upgrades | \
+        "| server | ok | failed (by class) | idle conns found closed | req/s | p50 / p99 µs | upgrades | \
          signal→new pid answers | signal→new started | new ready→old exit | signal→old exit | \
          new ready→old drains | old's drain | linger (ready→exit − drain) | \
          fds first→final | zombies | RSS KiB gen 1→last | bad exits | cut |\n",
     );
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rs {
         let u = &r.upgrades;
         let done = u.iter().filter(|u| u.new_pid.is_some()).count();
@@ -161,11 +161,12 @@ fn scenario_table(out: &mut String, rs: &[&ScenarioResult]) {
         let rss_last = r.generations.last().and_then(|g| g.rss_kb);
         let _ = writeln!(
             out,
-            "| {} | {} | {} ({}) | {:.0} | {} / {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {}→{} | {} | {}→{} | {} | {} |",
+            "| {} | {} | {} ({}) | {} | {:.0} | {} / {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {}→{} | {} | {}→{} | {} | {} |",
             r.server,
             r.total.ok,
             r.total.failed,
             classes(&r.total.failed_by_class),
+            r.total.closed_while_idle,
             r.total.rps,
             r.total.latency.p50_us,
             r.total.latency.p99_us,

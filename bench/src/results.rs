@@ -44,6 +44,9 @@ pub struct Counts {
     pub latency: Latency,
     /// Connections opened.
     pub connections: u64,
+    /// Idle connections the client found closed by the server before reusing them.
+    #[serde(default)]
+    pub closed_while_idle: u64,
 }
 
 impl Counts {
@@ -69,6 +72,7 @@ impl Counts {
                 mean_us: h.mean(),
             },
             connections: g.connections,
+            closed_while_idle: g.closed_while_idle,
         }
     }
 }

@@ -73,7 +73,6 @@ pub fn preset(name: &str, o: &Overrides) -> Option<Preset> {
             250,
             vec![Octopus, Ecdysis],
         ),
-        // The keepalive load, upgraded by `octopus upgrade` back to back (no interval).
         // The keepalive load from 10,000 connections (issue 12: failed requests while
         // upgrading at scale); the upgrades start once they are all open.
         "keepalive-10k" => (
@@ -86,6 +85,7 @@ pub fn preset(name: &str, o: &Overrides) -> Option<Preset> {
             1000,
             vec![Octopus],
         ),
+        // The keepalive load, upgraded by `octopus upgrade` back to back (no interval).
         "control" | "smoke-control" => (
             vec![group("pid", "/pid", c(64), Mode::KeepAlive)],
             Sig::Control,
