@@ -336,9 +336,13 @@ pub fn write(dir: &Path, out: &Path) -> Result<(), String> {
          CI's smoke run: `target/release/octopus-bench smoke`.\n\n",
     );
     md.push_str(
-        "How it measures: C client tasks on raw tokio sockets (no retry, no pool) send `GET /pid` \
+        "How it measures: C client tasks on raw tokio sockets (no retry) send `GET /pid` \
          (or `/sleep?ms=1000`) back to back, on one keep-alive connection each or on a new \
-         connection per request. Every failure is classified: `refused` (connect refused), \
+         connection per request. Before reusing a keep-alive connection a client checks, as every \
+         pooling client does, whether the server has closed it (a non-blocking `recv` with \
+         `MSG_PEEK`), and if so opens a new one: the column \"idle conns found closed\" counts \
+         those, and a failure is a request written on a connection the client had no sign was \
+         closed. Every failure is classified: `refused` (connect refused), \
          `reset` (RST or write on a closed socket), `eof_empty` (closed before any byte of the \
          response: the HTTP/1 keep-alive race), `eof_partial` (closed mid-response), `timeout` \
          (5 s), `non_2xx`. The tool is the child subreaper of the server, reads the log of every \
