@@ -27,7 +27,28 @@ fn pid_over_unix(path: &Path) -> std::io::Result<u32> {
 
 #[test]
 fn a_full_log_pipe_that_nobody_reads_blocks_neither_upgrades_nor_requests_nor_sigterm() {
+    upgrades_serves_and_stops_whatever_the_log(Reader::Stopped);
+}
+
+#[test]
+fn a_log_pipe_whose_reader_is_gone_stops_neither_upgrades_nor_requests_nor_sigterm() {
+    upgrades_serves_and_stops_whatever_the_log(Reader::Gone);
+}
+
+/// What became of the process that read the server's stderr.
+#[derive(PartialEq)]
+enum Reader {
+    /// Alive but no longer reading: writes fill the pipe, then would block.
+    Stopped,
+    /// Gone (a closed terminal, a dead supervisor): every write fails with EPIPE.
+    Gone,
+}
+
+/// Twenty upgrades, a request and a SIGTERM, each answered in time, with stderr and stdout on
+/// a pipe whose reader is `reader`.
+fn upgrades_serves_and_stops_whatever_the_log(reader: Reader) {
     let (unread, log) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+    let unread = (reader == Reader::Stopped).then_some(unread);
     // One page: full after three upgrades' worth of log (~1.3 KiB each), not sixteen pages' worth.
     rustix::pipe::fcntl_setpipe_size(&log, 4096).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -68,13 +89,13 @@ fn a_full_log_pipe_that_nobody_reads_blocks_neither_upgrades_nor_requests_nor_si
     }
     let mut stream = UnixStream::connect(&socket).unwrap();
     stream.set_read_timeout(Some(PROMPT)).unwrap();
-    let reply = get_on(&mut stream, "/ping").expect("/ping answers with the log pipe full");
+    let reply = get_on(&mut stream, "/ping").expect("/ping answers whatever the log pipe");
     assert_eq!((reply.status, reply.body.as_str()), (200, "pong\n"));
     signal(serving, Signal::TERM);
     eventually("the serving process exits on SIGTERM", || {
         reap_if_adopted(serving);
         is_gone(serving)
     });
-    // Held open to the end, so a write to the pipe blocks rather than fails.
+    // A stopped reader's end is held open to the end, so a write blocks rather than fails.
     drop(unread);
 }
