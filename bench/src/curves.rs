@@ -122,6 +122,16 @@ pub async fn open_idle(addr: SocketAddr, n: usize) -> Result<Vec<TcpStream>, Str
     Ok(out)
 }
 
+/// Takes idle connections out of this process's reactor. Closed by the server, they then wake
+/// no thread here: the tool's handling of 10,000 FINs does not compete with the server for the
+/// shared cores while it is measured, as clients on other hosts would not.
+fn unwatched(conns: Vec<TcpStream>) -> Vec<std::net::TcpStream> {
+    conns
+        .into_iter()
+        .filter_map(|s| s.into_std().ok())
+        .collect()
+}
+
 async fn wait_exit(server: &Server, pid: u32, bound: Duration) -> Option<Instant> {
     server.wait_for(bound, |s| s.gens.get(&pid)?.exited).await
 }
@@ -175,7 +185,7 @@ async fn drain_idle_point(n: usize, bins: &Bins, logs: &Path) -> Result<Point, S
         let log = logs.join(format!("drain-idle-{n}-{rep}.log"));
         let server = Server::start(Kind::Octopus, bins, &[], Some(&log)).await?;
         let pid = server.first_pid;
-        let conns = open_idle(server.addr, n).await;
+        let conns = open_idle(server.addr, n).await.map(unwatched);
         let signal = Instant::now();
         server.signal(pid, Signal::TERM);
         let exited = wait_exit(&server, pid, Duration::from_secs(30)).await;
@@ -330,8 +340,21 @@ async fn handover_point(
     result.map(|()| (ready, draining))
 }
 
-/// Runs every curve.
-pub async fn run(bins: &Bins, logs: &Path, command: &str) -> Result<CurvesResult, String> {
+/// Runs every curve, or those named in `only` (rss, drain, handover).
+pub async fn run(
+    bins: &Bins,
+    logs: &Path,
+    command: &str,
+    only: &[String],
+) -> Result<CurvesResult, String> {
+    const PARTS: [&str; 3] = ["rss", "drain", "handover"];
+    if let Some(unknown) = only.iter().find(|o| !PARTS.contains(&o.as_str())) {
+        return Err(format!(
+            "unknown curves part {unknown:?}: expected one of {}",
+            PARTS.join(", ")
+        ));
+    }
+    let part = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     let _ = std::fs::create_dir_all(logs);
     let limit = raise_nofile();
     if limit < 10_000 + 200 {
@@ -342,7 +365,10 @@ pub async fn run(bins: &Bins, logs: &Path, command: &str) -> Result<CurvesResult
         ..CurvesResult::default()
     };
     r.loadavg.0 = crate::procfs::loadavg();
-    for kind in [Kind::Octopus, Kind::Baseline] {
+    for kind in [Kind::Octopus, Kind::Baseline]
+        .into_iter()
+        .filter(|_| part("rss"))
+    {
         for n in [100, 1_000, 10_000] {
             let p = rss_point(kind, n, bins, logs).await?;
             eprintln!(
@@ -354,22 +380,24 @@ pub async fn run(bins: &Bins, logs: &Path, command: &str) -> Result<CurvesResult
             r.rss_per_conn.push(p);
         }
     }
-    let p = drain_idle_point(10_000, bins, logs).await?;
-    eprintln!(
-        "curves drain idle 10000: {:.0} ms (reps {:?})",
-        p.median(),
-        p.values
-    );
-    r.drain_idle.push(p);
-    let p = drain_inflight_point(10_000, 2_000, bins, logs).await?;
-    eprintln!(
-        "curves drain in-flight 10000 (2 s each): {:.0} ms (reps {:?}, {:?})",
-        p.median(),
-        p.values,
-        p.notes
-    );
-    r.drain_inflight.push(p);
-    for conns in [0, 10_000] {
+    if part("drain") {
+        let p = drain_idle_point(10_000, bins, logs).await?;
+        eprintln!(
+            "curves drain idle 10000: {:.0} ms (reps {:?})",
+            p.median(),
+            p.values
+        );
+        r.drain_idle.push(p);
+        let p = drain_inflight_point(10_000, 2_000, bins, logs).await?;
+        eprintln!(
+            "curves drain in-flight 10000 (2 s each): {:.0} ms (reps {:?}, {:?})",
+            p.median(),
+            p.values,
+            p.notes
+        );
+        r.drain_inflight.push(p);
+    }
+    for conns in [0, 10_000].into_iter().filter(|_| part("handover")) {
         for listeners in [1, 16, 64] {
             let (a, b) = handover_point(listeners, conns, bins, logs).await?;
             eprintln!(
