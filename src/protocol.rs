@@ -251,3 +251,94 @@ where
 #[derive(Debug, thiserror::Error)]
 #[error("no request within the header-read timeout")]
 struct NoRequestInTime;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::time::timeout;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A client and the server's end of its connection.
+    async fn pair() -> (TcpStream, AnyStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, AnyStream::Tcp(server))
+    }
+
+    /// What the server tells once the client sent `parts` one after another; every part but the
+    /// last must leave it undecided.
+    async fn detect(parts: &[&[u8]]) -> Protocol {
+        let (mut client, mut server) = pair().await;
+        let (last, first) = parts.split_last().unwrap();
+        for part in first {
+            client.write_all(part).await.unwrap();
+            // The bytes are in once the server could peek them; it must still wait.
+            let waited = timeout(
+                Duration::from_millis(100),
+                poll_fn(|cx| server.poll_detect(cx)),
+            )
+            .await;
+            assert!(waited.is_err(), "decided after {part:?}: {waited:?}");
+        }
+        client.write_all(last).await.unwrap();
+        let protocol = timeout(WAIT, poll_fn(|cx| server.poll_detect(cx)))
+            .await
+            .expect("no decision in time")
+            .unwrap();
+        let mut peeked = [0u8; 64];
+        let n = server_peek(&server, &mut peeked);
+        assert_eq!(&peeked[..n], parts.concat().as_slice(), "bytes consumed");
+        protocol
+    }
+
+    fn server_peek(server: &AnyStream, buf: &mut [u8]) -> usize {
+        let AnyStream::Tcp(stream) = server else {
+            unreachable!()
+        };
+        rustix::net::recv(stream, buf, RecvFlags::PEEK).unwrap().0
+    }
+
+    #[tokio::test]
+    async fn an_http1_request_is_http1_from_its_first_byte() {
+        assert_eq!(detect(&[b"GET /ping HTTP/1.1\r\n"]).await, Protocol::Http1);
+    }
+
+    #[tokio::test]
+    async fn the_whole_preface_is_http2() {
+        assert_eq!(detect(&[PREFACE]).await, Protocol::Http2);
+    }
+
+    #[tokio::test]
+    async fn a_preface_in_two_parts_waits_for_the_second() {
+        assert_eq!(
+            detect(&[b"PRI * HTTP/2", b".0\r\n\r\nSM\r\n\r\n"]).await,
+            Protocol::Http2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_method_that_starts_like_the_preface_is_http1_once_it_diverges() {
+        assert_eq!(
+            detect(&[b"PR", b"OPFIND / HTTP/1.1\r\n"]).await,
+            Protocol::Http1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closes_at_once_is_left_to_http1() {
+        let (client, mut server) = pair().await;
+        drop(client);
+        let protocol = timeout(WAIT, poll_fn(|cx| server.poll_detect(cx)))
+            .await
+            .expect("no decision in time")
+            .unwrap();
+        assert_eq!(protocol, Protocol::Http1);
+    }
+}
