@@ -23,14 +23,13 @@ use http::header::{CONNECTION, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use crate::control::{ConnectionSlot, InFlight};
 use crate::drain::{Draining, Hold};
-use crate::peer::PeerAddr;
+use crate::peer::Peer;
+use crate::protocol::{Builders, Detect, HttpConnection, Wrapped};
 use crate::stream::InputProbe;
 use crate::trigger::Fired;
 
@@ -90,30 +89,25 @@ struct Shared {
     in_flight: Arc<AtomicU32>,
 }
 
-type Hyper<IO, S> = auto::UpgradeableConnection<
-    'static,
-    TokioIo<UpgradableIo<IO>>,
-    CloseWhenDraining<TowerService<S>>,
-    TokioExecutor,
->;
+type Hyper<IO, S> = HttpConnection<UpgradableIo<IO>, CloseWhenDraining<S>>;
 
 /// Serves one connection with `service` until it ends, the drain retires it, or the drain cuts
 /// it at its deadline; `hold` is the connection's drain token.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn serve_connection<S, IO>(
-    builder: &auto::Builder<TokioExecutor>,
+    builders: &Arc<Builders>,
     stream: IO,
     service: S,
     hold: Hold,
     draining: Draining,
     idle_grace: Duration,
     slot: ConnectionSlot,
-    peer: PeerAddr,
+    peer: Peer,
     input: InputProbe,
 ) -> ServeConnection<IO, S>
 where
     S: HttpService,
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: Detect,
 {
     let shared = Arc::new(Shared {
         draining,
@@ -125,7 +119,8 @@ where
         in_flight: slot.in_flight(),
     });
     let service = CloseWhenDraining {
-        inner: TowerService(service),
+        inner: service,
+        peer: peer.clone(),
         shared: shared.clone(),
     };
     let io = UpgradableIo {
@@ -135,10 +130,7 @@ where
     };
     ServeConnection {
         draining: shared.draining.signal(),
-        // Owned: a builder clone per connection (plain fields) instead of a self-borrow.
-        connection: builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned(),
+        connection: HttpConnection::new(io, service, builders),
         phase: Phase::Serving,
         timers: None,
         shared,
@@ -171,6 +163,7 @@ pin_project_lite::pin_project! {
     pub(crate) struct ServeConnection<IO, S>
     where
         S: HttpService,
+        IO: Detect,
     {
         #[pin]
         connection: Hyper<IO, S>,
@@ -181,7 +174,7 @@ pin_project_lite::pin_project! {
         timers: Option<Pin<Box<DrainTimers>>>,
         shared: Arc<Shared>,
         idle_grace: Duration,
-        peer: PeerAddr,
+        peer: Peer,
         // Asked when the grace ends, for a next request Tokio has not seen arrive yet.
         input: InputProbe,
         _slot: ConnectionSlot,
@@ -201,7 +194,7 @@ pin_project_lite::pin_project! {
 impl<IO, S> Future for ServeConnection<IO, S>
 where
     S: HttpService,
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: Detect,
 {
     type Output = ();
 
@@ -212,7 +205,7 @@ where
             // The connection first: a wake-up is nearly always its I/O.
             if let Poll::Ready(served) = this.connection.as_mut().poll(cx) {
                 if let Err(e) = served {
-                    tracing::debug!(peer = %this.peer, "connection ended with an error: {e}");
+                    tracing::debug!(peer = %this.peer.address(), "connection ended with an error: {e}");
                 }
                 return Poll::Ready(());
             }
@@ -266,21 +259,23 @@ where
     }
 }
 
-/// Marks HTTP/1 responses `Connection: close` once the drain has started, and notices upgrades.
+/// The tower service as hyper's, in one layer so that a request is moved once: gives each
+/// request its connection's [`Peer`], marks HTTP/1 responses `Connection: close` once the drain
+/// has started, and notices upgrades. Unlike hyper-util's `TowerToHyperService`, a service that
+/// is ready at once (axum's `Router`, `service_fn`) is called in `call`, so the response future
+/// is the service's own, with no readiness state machine holding the request around it.
 struct CloseWhenDraining<S> {
     inner: S,
+    peer: Peer,
     shared: Arc<Shared>,
 }
 
-impl<S, B> hyper::service::Service<Request<Incoming>> for CloseWhenDraining<S>
-where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
-{
-    type Response = Response<B>;
-    type Error = S::Error;
-    type Future = CloseWhenDrainingFuture<S::Future>;
+impl<S: HttpService> hyper::service::Service<Request<Incoming>> for CloseWhenDraining<S> {
+    type Response = Response<S::ResponseBody>;
+    type Error = BoxError;
+    type Future = CloseWhenDrainingFuture<Call<S>>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let http1 = request.version() < Version::HTTP_2;
         if http1 {
             self.shared.http1.store(true, Ordering::Relaxed);
@@ -291,42 +286,16 @@ where
         let connect = request.method() == Method::CONNECT;
         // Without a body, bytes read while the request is served can only be a next request.
         let has_body = !request.body().is_end_stream();
+        let watch = http1.then(|| Http1Watch {
+            shared: self.shared.clone(),
+            connect,
+            has_body,
+        });
+        self.peer.attach(&mut request);
         CloseWhenDrainingFuture {
             _counted: InFlight::start(&self.shared.in_flight),
-            inner: self.inner.call(request),
-            watch: http1.then(|| Http1Watch {
-                shared: self.shared.clone(),
-                connect,
-                has_body,
-            }),
-        }
-    }
-}
-
-/// A tower service as hyper's: like hyper-util's `TowerToHyperService`, but a service that is
-/// ready at once (axum's `Router`, `service_fn`) is called in `call`, so the response future is
-/// the service's own, with no readiness state machine holding the request around it.
-struct TowerService<S>(S);
-
-impl<S: HttpService> hyper::service::Service<Request<Incoming>> for TowerService<S> {
-    type Response = Response<S::ResponseBody>;
-    type Error = BoxError;
-    type Future = Call<S>;
-
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let mut service = self.0.clone();
-        // A service not ready yet is asked again, with the task's waker, by the future.
-        match service.poll_ready(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(Ok(())) => Call::Called {
-                future: service.call(request),
-            },
-            Poll::Ready(Err(error)) => Call::Failed {
-                error: Some(error.into()),
-            },
-            Poll::Pending => Call::Waiting {
-                service,
-                request: Some(request),
-            },
+            inner: Call::new(self.inner.clone(), request),
+            watch,
         }
     }
 }
@@ -339,8 +308,27 @@ pin_project_lite::pin_project! {
         S: HttpService,
     {
         Called { #[pin] future: S::Future },
-        Waiting { service: S, request: Option<Request<Incoming>> },
+        // Boxed: rare, and the future hyper holds for every request stays the size of the
+        // service's own.
+        Waiting { waiting: Box<(S, Option<Request<Incoming>>)> },
         Failed { error: Option<BoxError> },
+    }
+}
+
+impl<S: HttpService> Call<S> {
+    fn new(mut service: S, request: Request<Incoming>) -> Self {
+        // A service not ready yet is asked again, with the task's waker, by the future.
+        match service.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Call::Called {
+                future: service.call(request),
+            },
+            Poll::Ready(Err(error)) => Call::Failed {
+                error: Some(error.into()),
+            },
+            Poll::Pending => Call::Waiting {
+                waiting: Box::new((service, Some(request))),
+            },
+        }
     }
 }
 
@@ -351,7 +339,8 @@ impl<S: HttpService> Future for Call<S> {
         loop {
             match self.as_mut().project() {
                 CallProj::Called { future } => return future.poll(cx).map_err(Into::into),
-                CallProj::Waiting { service, request } => {
+                CallProj::Waiting { waiting } => {
+                    let (service, request) = &mut **waiting;
                     if let Err(error) = ready!(service.poll_ready(cx)) {
                         return Poll::Ready(Err(error.into()));
                     }
@@ -416,14 +405,30 @@ struct UpgradableIo<IO> {
 }
 
 impl<IO> UpgradableIo<IO> {
-    /// Whether the drain cut this upgraded connection; registers for the cut otherwise.
+    /// Whether the drain cut this upgraded connection; registers for the cut otherwise. Inlined
+    /// to one load on every read and write of a connection that is not upgraded.
+    #[inline]
     fn is_cut(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.shared.upgraded.load(Ordering::Relaxed) {
-            return false;
-        }
+        self.shared.upgraded.load(Ordering::Relaxed) && self.poll_cut(cx)
+    }
+
+    #[cold]
+    fn poll_cut(&mut self, cx: &mut Context<'_>) -> bool {
         let hold = &self.shared.hold;
         let cut = self.cut.get_or_insert_with(|| Box::pin(hold.cut_signal()));
         cut.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl<IO: Detect> Wrapped for UpgradableIo<IO> {
+    type Inner = IO;
+
+    fn inner_mut(&mut self) -> &mut IO {
+        &mut self.inner
+    }
+
+    fn into_inner(self) -> IO {
+        self.inner
     }
 }
 
@@ -500,6 +505,14 @@ mod tests {
 
     use crate::control::ListenerStats;
     use crate::drain::{Drain, DrainReport};
+    use crate::protocol::Protocol;
+
+    /// The test client speaks HTTP/1.
+    impl Detect for DuplexStream {
+        fn poll_detect(&mut self, _: &mut Context<'_>) -> Poll<io::Result<Protocol>> {
+            Poll::Ready(Ok(Protocol::Http1))
+        }
+    }
 
     const GRACE: Duration = Duration::from_millis(50);
     /// The grace of a witness connection: the runtime handles the others' grace before its close.
@@ -527,7 +540,7 @@ mod tests {
     fn serve(
         drain: &Drain,
         grace: Duration,
-        server: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        server: impl Detect,
         called: mpsc::UnboundedSender<()>,
         input: InputProbe,
     ) {
@@ -538,17 +551,17 @@ mod tests {
                 Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"pong\n"))))
             }
         });
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let builders = Arc::new(Builders::new(None));
         let slot = ListenerStats::new("test".into()).open();
         tokio::spawn(serve_connection(
-            &builder,
+            &builders,
             server,
             service,
             drain.hold(),
             drain.draining(),
             grace,
             slot,
-            PeerAddr::Tcp(([127, 0, 0, 1], 1).into()),
+            Peer::new(crate::peer::PeerAddr::Tcp(([127, 0, 0, 1], 1).into())),
             input,
         ));
     }
@@ -700,6 +713,12 @@ mod tests {
 
         fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    impl Detect for Unseen {
+        fn poll_detect(&mut self, _: &mut Context<'_>) -> Poll<io::Result<Protocol>> {
+            Poll::Ready(Ok(Protocol::Http1))
         }
     }
 

@@ -121,6 +121,7 @@ mod notify;
 mod peer;
 mod pidfile;
 mod process;
+mod protocol;
 mod readiness;
 mod serve;
 mod signals;

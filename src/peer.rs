@@ -3,7 +3,6 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::Request;
 
@@ -136,39 +135,19 @@ impl fmt::Display for PeerAddr {
     }
 }
 
-/// A service that gives each request its connection's [`Peer`] (and, with the `axum` feature,
-/// its `ConnectInfo<SocketAddr>`) before `inner` sees it.
-#[derive(Clone)]
-pub(crate) struct WithPeer<S> {
-    inner: S,
-    peer: Peer,
-}
-
-impl<S> WithPeer<S> {
-    pub fn new(inner: S, peer: Peer) -> Self {
-        WithPeer { inner, peer }
-    }
-}
-
-impl<S, B> tower_service::Service<Request<B>> for WithPeer<S>
-where
-    S: tower_service::Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+impl Peer {
+    /// Gives `request` this peer (and, with the `axum` feature, its `ConnectInfo<SocketAddr>`).
+    pub(crate) fn attach<B>(&self, request: &mut Request<B>) {
         let extensions = request.extensions_mut();
         #[cfg(feature = "axum")]
-        if let Some(addr) = self.peer.addr() {
+        if let Some(addr) = self.addr() {
             extensions.insert(axum::extract::ConnectInfo(addr));
         }
-        extensions.insert(self.peer.clone());
-        self.inner.call(request)
+        extensions.insert(self.clone());
+    }
+
+    /// The client's address, for logs.
+    pub(crate) fn address(&self) -> &PeerAddr {
+        &self.0.address
     }
 }

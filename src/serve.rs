@@ -8,8 +8,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::accept::Accept;
@@ -19,7 +17,8 @@ use crate::drain::{DEFAULT_DRAIN_TIMEOUT, Drain, DrainReport};
 use crate::error::Error;
 use crate::generation::{self, Served};
 use crate::lifecycle::{Octopus, WeakHandle};
-use crate::peer::{Peer, PeerAddr, WithPeer};
+use crate::peer::{Peer, PeerAddr};
+use crate::protocol::Builders;
 use crate::stream::{AnyListener, AnyStream, InputProbe};
 #[cfg(feature = "tls")]
 use crate::tls::Handshake;
@@ -337,7 +336,7 @@ impl<O> Server<O> {
             .shutdown_signal
             .map(|signal| watch_shutdown_signal(signal, octopus.handle().downgrade()));
         let http = Http {
-            builder: Arc::new(http_builder(self.header_read_timeout)),
+            builder: Arc::new(Builders::new(self.header_read_timeout)),
             service,
             idle_grace: self.idle_grace.min(self.drain_timeout),
         };
@@ -376,7 +375,7 @@ fn watch_shutdown_signal(signal: ShutdownSignal, handle: WeakHandle) -> DropGuar
 }
 
 struct Http<S> {
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Builders>,
     service: S,
     idle_grace: Duration,
 }
@@ -399,10 +398,17 @@ impl<S: HttpService> Http<S> {
             let draining = drain.draining();
             match tls.clone() {
                 None => {
-                    let service = WithPeer::new(service.clone(), Peer::new(peer.clone()));
                     let input = InputProbe::of(&stream);
                     tokio::spawn(serve_connection(
-                        &builder, stream, service, hold, draining, idle_grace, slot, peer, input,
+                        &builder,
+                        stream,
+                        service.clone(),
+                        hold,
+                        draining,
+                        idle_grace,
+                        slot,
+                        Peer::new(peer),
+                        input,
                     ));
                 }
                 #[cfg(feature = "tls")]
@@ -418,8 +424,7 @@ impl<S: HttpService> Http<S> {
                         };
                         match handshake {
                             Ok(stream) => {
-                                let tls_peer = Peer::tls(peer.clone(), stream.get_ref().1);
-                                let service = WithPeer::new(service, tls_peer);
+                                let peer = Peer::tls(peer, stream.get_ref().1);
                                 let input = InputProbe::of(stream.get_ref().0);
                                 serve_connection(
                                     &builder, stream, service, hold, draining, idle_grace, slot,
@@ -436,18 +441,6 @@ impl<S: HttpService> Http<S> {
             }
         }
     }
-}
-
-/// HTTP/1 and HTTP/2; with a header-read timeout, hyper gets a timer to enforce it.
-fn http_builder(header_read_timeout: Option<Duration>) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    if let Some(timeout) = header_read_timeout {
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(timeout);
-    }
-    builder
 }
 
 /// Opens what an endpoint asks for, through `octopus` so it is handed over on upgrades: the

@@ -183,6 +183,18 @@ async fn upgraded_connections_are_counted_in_the_drain_and_cut_at_the_deadline()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_read_timeout_closes_a_slow_loris_connection() {
+    closed_at_the_header_read_timeout(b"GET /ping HTTP/1.1\r\nHos").await;
+}
+
+/// The protocol is not known until the preface is whole or leaves it: the wait is bounded too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_read_timeout_closes_a_connection_stalled_in_the_http2_preface() {
+    closed_at_the_header_read_timeout(b"PRI * HTTP/2.0\r\n").await;
+}
+
+/// Asserts that a client that sends `sent` and then nothing is closed at the header-read
+/// timeout (300 ms).
+async fn closed_at_the_header_read_timeout(sent: &'static [u8]) {
     let app = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong\n" }));
     let slow_loris = |s: Server<Octopus>| s.header_read_timeout(Duration::from_millis(300));
     let Running {
@@ -195,7 +207,7 @@ async fn header_read_timeout_closes_a_slow_loris_connection() {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        write!(stream, "GET /ping HTTP/1.1\r\nHos").unwrap();
+        stream.write_all(sent).unwrap();
         let started = std::time::Instant::now();
         let mut rest = Vec::new();
         let _ = stream.read_to_end(&mut rest);
