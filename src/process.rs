@@ -289,6 +289,7 @@ fn start_successor(mut exec: Exec, start: &StartInfo, inherit: Vec<RawFd>) -> io
 /// With `fork`, through std's `Command`, where there is no `clone`.
 #[cfg(not(target_os = "linux"))]
 fn start_successor(mut exec: Exec, start: &StartInfo, inherit: Vec<RawFd>) -> io::Result<u32> {
+    use std::os::unix::process::CommandExt;
     // Only for what std does before the hook: the working directory, stdio, signals reset.
     let mut command = std::process::Command::new(&start.program);
     command.current_dir(&start.cwd);
