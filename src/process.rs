@@ -579,25 +579,9 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[tokio::test(flavor = "current_thread")]
-    async fn a_successor_starts_in_its_directory_with_upgrade_signals_ignored_and_none_blocked() {
+    async fn a_successor_starts_in_its_directory_with_upgrade_signals_ignored_and_the_mask_kept() {
         let dir = tempfile::tempdir().unwrap();
         let dir = dir.path().canonicalize().unwrap();
-        // SIGHUP, SIGUSR1, SIGUSR2 ignored; SIGPIPE (which Rust programs ignore) back to its
-        // default, as std's Command does; an empty mask although this thread blocks SIGWINCH.
-        let script = format!(
-            "status=/proc/$$/status; ign=$(sed -n 's/^SigIgn:[[:space:]]*//p' $status); \
-             blk=$(sed -n 's/^SigBlk:[[:space:]]*//p' $status); \
-             test $(( 0x$ign & 0xa01 )) -eq $(( 0xa01 )) && test $(( 0x$ign & 0x1000 )) -eq 0 \
-             && test $(( 0x$blk )) -eq 0 && test \"$(pwd -P)\" = '{}' \
-             && printf R > /dev/fd/$OCTOPUS_READY_FD",
-            dir.display()
-        );
-        let start = StartInfo {
-            program: "/bin/sh".into(),
-            argv0: "sh".into(),
-            args: vec!["-c".into(), script.into()],
-            cwd: dir.clone(),
-        };
         // SAFETY: blocks one signal in this thread only; restored below.
         let previous = unsafe {
             let mut winch: libc::sigset_t = std::mem::zeroed();
@@ -606,6 +590,26 @@ mod tests {
             let mut previous: libc::sigset_t = std::mem::zeroed();
             libc::pthread_sigmask(libc::SIG_BLOCK, &winch, &mut previous);
             previous
+        };
+        // SIGHUP, SIGUSR1, SIGUSR2 ignored; SIGPIPE (which Rust programs ignore) back to its
+        // default, as std's Command does; this thread's mask, which blocks SIGWINCH, as std's
+        // Command gives it. Read with builtins before the shell forks anything: around a fork
+        // it blocks signals itself.
+        let mask = u64::from_le_bytes(signal_state().0);
+        assert_ne!(mask & 1 << (libc::SIGWINCH - 1), 0, "SIGWINCH not blocked");
+        let script = format!(
+            "while read -r name value rest; do case $name in SigIgn:) ign=$value;; \
+             SigBlk:) blk=$value;; esac; done < /proc/$$/status; \
+             test $(( 0x$ign & 0xa01 )) -eq $(( 0xa01 )) && test $(( 0x$ign & 0x1000 )) -eq 0 \
+             && test $(( 0x$blk )) -eq {mask} && test \"$(pwd -P)\" = '{}' \
+             && printf R > /dev/fd/$OCTOPUS_READY_FD",
+            dir.display()
+        );
+        let start = StartInfo {
+            program: "/bin/sh".into(),
+            argv0: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            cwd: dir.clone(),
         };
         let before = signal_state();
         let spawned = OsSpawner.spawn(&start, &[]);

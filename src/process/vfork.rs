@@ -32,6 +32,9 @@ struct Shared<'a> {
     exec: &'a mut Exec,
     cwd: &'a CStr,
     inherit: &'a [RawFd],
+    /// The spawning thread's signal mask, which the successor starts with, as it did when
+    /// started by std's `Command`.
+    mask: libc::sigset_t,
     /// The errno of the step that failed in the child; 0 if it exec'd.
     error: c_int,
 }
@@ -41,13 +44,14 @@ struct Shared<'a> {
 /// this call's error, as it was with std's `Command::spawn`; the failed child is reaped.
 pub(super) fn spawn(exec: &mut Exec, cwd: &CStr, inherit: &[RawFd]) -> io::Result<u32> {
     let stack = Stack::new()?;
+    let blocked = SignalsBlocked::new()?;
     let mut shared = Shared {
         exec,
         cwd,
         inherit,
+        mask: blocked.previous,
         error: 0,
     };
-    let blocked = SignalsBlocked::new()?;
     // SAFETY: `child` runs on `stack`, which stays mapped until this function returns, and only
     // after this thread is resumed, that is once the child has exec'd or exited (CLONE_VFORK);
     // `shared` lives on this thread's stack, which nothing else touches meanwhile. Every signal
@@ -94,8 +98,8 @@ extern "C" fn child(shared: *mut c_void) -> c_int {
 
 /// Everything the child does before `execve`, the same as std's `Command` with the former
 /// `pre_exec` hook: the working directory, signals reset (SIGPIPE to its default, as std does;
-/// the upgrade signals ignored), the handed-over fds kept across `exec`, the pid stamped,
-/// then `execve`. Returns the errno of what failed.
+/// the upgrade signals ignored), the handed-over fds kept across `exec`, the pid stamped, the
+/// spawning thread's mask back, then `execve`. Returns the errno of what failed.
 fn prepare_and_exec(shared: &mut Shared<'_>) -> c_int {
     let errno = || {
         io::Error::last_os_error()
@@ -135,9 +139,7 @@ fn prepare_and_exec(shared: &mut Shared<'_>) -> c_int {
             }
         }
         shared.exec.stamp_pid(libc::getpid() as u32);
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        if libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
+        if libc::pthread_sigmask(libc::SIG_SETMASK, &shared.mask, std::ptr::null_mut()) != 0 {
             return errno();
         }
     }
