@@ -195,7 +195,9 @@ impl Drop for Stack {
     }
 }
 
-/// Every signal blocked in this thread, the previous mask restored on drop.
+/// Every signal blocked in this thread, the previous mask restored on drop. The C library keeps
+/// its own two (thread cancellation, set-id broadcast) unblocked; it sends them with `tgkill` to
+/// this process's threads only, never to the child, which is another process.
 struct SignalsBlocked {
     previous: libc::sigset_t,
 }
