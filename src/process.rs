@@ -5,17 +5,20 @@ use std::ffi::{CString, OsString};
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::ExitStatus;
 
+#[cfg(not(target_os = "linux"))]
 use rustix::io::FdFlags;
 
 use crate::env::{ALL_VARS, GENERATION_VAR, Handover, PID_VAR, UPGRADE_STARTED_VAR};
 use crate::error::Error;
 use crate::key::ListenerKey;
 use crate::readiness;
+
+#[cfg(target_os = "linux")]
+mod vfork;
 
 /// How this process was started, captured once at start-up so that a successor is started the
 /// same way even if the application later changes its working directory.
@@ -113,7 +116,8 @@ pub(crate) trait Spawner: Send + Sync + 'static {
     ) -> io::Result<Spawned<Self::Child>>;
 }
 
-/// Starts real processes with `fork` + `exec`.
+/// Starts real processes: `clone(CLONE_VM | CLONE_VFORK)` + `execve` on Linux (see
+/// [`vfork`]), `fork` + `execve` elsewhere.
 #[derive(Debug, Default)]
 pub(crate) struct OsSpawner;
 
@@ -124,8 +128,36 @@ pub(crate) struct OsSpawner;
 /// the sake of a process started once per deploy.
 pub(crate) struct OsChild {
     pid: u32,
-    child: std::process::Child,
+    /// Set once reaped: from then on the pid may name another process, never to be signalled.
+    status: Option<ExitStatus>,
     exit: ExitWatch,
+}
+
+impl OsChild {
+    /// The exit status if the process has exited, reaping it.
+    fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        use std::os::unix::process::ExitStatusExt;
+        if self.status.is_some() {
+            return Ok(self.status);
+        }
+        let pid = rustix::process::Pid::from_raw(self.pid as i32)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let options = rustix::process::WaitOptions::NOHANG;
+        let waited = rustix::io::retry_on_intr(|| rustix::process::waitpid(Some(pid), options))?;
+        self.status = waited.map(|(_, status)| ExitStatus::from_raw(status.as_raw()));
+        Ok(self.status)
+    }
+
+    /// Sends `signal` unless the process was reaped (an exited, unreaped one ignores it).
+    fn signal(&mut self, signal: rustix::process::Signal) -> io::Result<()> {
+        if self.try_wait()?.is_some() {
+            return Ok(());
+        }
+        let pid = rustix::process::Pid::from_raw(self.pid as i32)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        rustix::process::kill_process(pid, signal)?;
+        Ok(())
+    }
 }
 
 /// Tells when a child may have exited.
@@ -186,7 +218,7 @@ impl ChildProcess for OsChild {
 
     async fn wait(&mut self) -> io::Result<ExitStatus> {
         loop {
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.try_wait()? {
                 return Ok(status);
             }
             self.exit.changed().await?;
@@ -194,22 +226,11 @@ impl ChildProcess for OsChild {
     }
 
     fn start_kill(&mut self) -> io::Result<()> {
-        match self.child.kill() {
-            // Already exited (not yet reaped): nothing to kill.
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(()),
-            other => other,
-        }
+        self.signal(rustix::process::Signal::KILL)
     }
 
     fn terminate(&mut self) -> io::Result<()> {
-        // Not yet reaped (`try_wait` never saw it exit), so the pid is still this child's.
-        if self.child.try_wait()?.is_some() {
-            return Ok(());
-        }
-        let pid = rustix::process::Pid::from_raw(self.pid as i32)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
-        Ok(())
+        self.signal(rustix::process::Signal::TERM)
     }
 }
 
@@ -236,39 +257,61 @@ impl Spawner for OsSpawner {
             .chain([handover.ready_fd])
             .collect();
         let environment = successor_environment(std::env::vars_os(), &handover);
-        let mut exec = Exec::new(start, environment)?;
-        // Only for what std does before the hook: the working directory, stdio.
-        let mut command = std::process::Command::new(&start.program);
-        command.current_dir(&start.cwd);
-        // SAFETY: the closure runs in the forked child before exec and only makes raw fcntl,
-        // signal and execve system calls (async-signal-safe, no allocation) on fds the parent
-        // keeps open until `spawn` returns and on C strings `exec` owns.
-        unsafe {
-            command.pre_exec(move || {
-                for fd in &inherit {
-                    rustix::io::fcntl_setfd(BorrowedFd::borrow_raw(*fd), FdFlags::empty())?;
-                }
-                for signal in UPGRADE_SIGNALS {
-                    if libc::signal(signal, libc::SIG_IGN) == libc::SIG_ERR {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                exec.stamp_pid(std::process::id());
-                Err(exec.exec())
-            });
-        }
-        let child = command.spawn()?;
+        let exec = Exec::new(start, environment)?;
+        let pid = start_successor(exec, start, inherit)?;
         drop(ready_write);
-        let pid = child.id();
         Ok(Spawned {
             child: OsChild {
                 pid,
-                child,
+                status: None,
                 exit: ExitWatch::new(pid),
             },
             ready: Box::pin(readiness::wait_ready(ready_read)),
         })
     }
+}
+
+/// Starts `exec` in the start directory with the `inherit` fds handed over; its pid.
+#[cfg(target_os = "linux")]
+fn start_successor(mut exec: Exec, start: &StartInfo, inherit: Vec<RawFd>) -> io::Result<u32> {
+    use std::os::unix::ffi::OsStrExt;
+    let cwd = CString::new(start.cwd.as_os_str().as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a NUL byte in the working directory",
+        )
+    })?;
+    vfork::spawn(&mut exec, &cwd, &inherit)
+}
+
+/// Starts `exec` in the start directory with the `inherit` fds handed over; its pid.
+///
+/// With `fork`, through std's `Command`, where there is no `clone`.
+#[cfg(not(target_os = "linux"))]
+fn start_successor(mut exec: Exec, start: &StartInfo, inherit: Vec<RawFd>) -> io::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    // Only for what std does before the hook: the working directory, stdio, signals reset.
+    let mut command = std::process::Command::new(&start.program);
+    command.current_dir(&start.cwd);
+    // SAFETY: the closure runs in the forked child before exec and only makes raw fcntl,
+    // signal and execve system calls (async-signal-safe, no allocation) on fds the parent
+    // keeps open until `spawn` returns and on C strings `exec` owns.
+    unsafe {
+        command.pre_exec(move || {
+            for fd in &inherit {
+                rustix::io::fcntl_setfd(BorrowedFd::borrow_raw(*fd), FdFlags::empty())?;
+            }
+            for signal in UPGRADE_SIGNALS {
+                if libc::signal(signal, libc::SIG_IGN) == libc::SIG_ERR {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            exec.stamp_pid(std::process::id());
+            Err(exec.exec())
+        });
+    }
+    // Reaped by pid through `OsChild`; std's handle owns nothing else (stdio is inherited).
+    Ok(command.spawn()?.id())
 }
 
 /// The environment of a successor: this process's `current` one without any variable of an
@@ -298,8 +341,8 @@ pub(crate) fn successor_environment(
 /// `OCTOPUS_PID=` and room for any pid, NUL-terminated.
 const PID_ENTRY: usize = PID_VAR.len() + 1 + 10 + 1;
 
-/// The program, its arguments and its environment as `execve` takes them, made before forking:
-/// the child may not allocate.
+/// The program, its arguments and its environment as `execve` takes them, made before the child
+/// is started: the child may not allocate.
 ///
 /// The successor is started with `execve` itself rather than std's `execvp`: for a file the
 /// kernel refuses with ENOEXEC (a text file, a truncated binary, one built for another
@@ -364,7 +407,7 @@ impl Exec {
         })
     }
 
-    /// Names `pid` in [`PID_VAR`]: called in the forked child, so it may not allocate.
+    /// Names `pid` in [`PID_VAR`]: called in the child before `execve`, so it may not allocate.
     fn stamp_pid(&mut self, pid: u32) {
         let mut digits = [0u8; 10];
         let mut rest = pid;
@@ -518,6 +561,84 @@ mod tests {
         );
         assert_ne!(values("OCTOPUS_UPGRADE_STARTED"), ["3"]);
         assert_eq!(values("APP_SETTING"), ["kept"]);
+    }
+
+    /// The signal mask of this thread, and the handler of SIGHUP.
+    #[cfg(target_os = "linux")]
+    fn signal_state() -> ([u8; 8], libc::sighandler_t) {
+        // SAFETY: sigset_t and sigaction are plain data, only read and filled by the calls.
+        unsafe {
+            let mut mask: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut mask);
+            let mut hup: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut hup);
+            let bits = std::slice::from_raw_parts((&raw const mask).cast::<u8>(), 8);
+            (bits.try_into().unwrap(), hup.sa_sigaction)
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_successor_starts_in_its_directory_with_upgrade_signals_ignored_and_the_mask_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path().canonicalize().unwrap();
+        // SAFETY: blocks one signal in this thread only; restored below.
+        let previous = unsafe {
+            let mut winch: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut winch);
+            libc::sigaddset(&mut winch, libc::SIGWINCH);
+            let mut previous: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &winch, &mut previous);
+            previous
+        };
+        // SIGHUP, SIGUSR1, SIGUSR2 ignored; SIGPIPE (which Rust programs ignore) back to its
+        // default, as std's Command does; this thread's mask, which blocks SIGWINCH, as std's
+        // Command gives it. Read with builtins before the shell forks anything: around a fork
+        // it blocks signals itself.
+        let mask = u64::from_le_bytes(signal_state().0);
+        assert_ne!(mask & 1 << (libc::SIGWINCH - 1), 0, "SIGWINCH not blocked");
+        let script = format!(
+            "while read -r name value rest; do case $name in SigIgn:) ign=$value;; \
+             SigBlk:) blk=$value;; esac; done < /proc/$$/status; \
+             test $(( 0x$ign & 0xa01 )) -eq $(( 0xa01 )) && test $(( 0x$ign & 0x1000 )) -eq 0 \
+             && test $(( 0x$blk )) -eq {mask} && test \"$(pwd -P)\" = '{}' \
+             && printf R > /dev/fd/$OCTOPUS_READY_FD",
+            dir.display()
+        );
+        let start = StartInfo {
+            program: "/bin/sh".into(),
+            argv0: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            cwd: dir.clone(),
+        };
+        let before = signal_state();
+        let spawned = OsSpawner.spawn(&start, &[]);
+        let after = signal_state();
+        // SAFETY: restores the mask read above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) };
+        assert_eq!(
+            before, after,
+            "spawning changed this thread's mask or SIGHUP handler"
+        );
+        let mut spawned = spawned.unwrap();
+        assert!(
+            spawned.ready.await.unwrap(),
+            "the child did not start in its directory with the expected signal state"
+        );
+        assert!(spawned.child.wait().await.unwrap().success());
+    }
+
+    #[test]
+    fn a_missing_working_directory_is_a_spawn_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = StartInfo {
+            program: "/bin/true".into(),
+            argv0: "true".into(),
+            args: vec![],
+            cwd: dir.path().join("removed"),
+        };
+        let err = OsSpawner.spawn(&start, &[]).err().expect("spawned");
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     }
 
     #[tokio::test]

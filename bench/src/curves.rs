@@ -269,12 +269,13 @@ async fn drain_inflight_point(
     Ok(p)
 }
 
-/// SIGHUP → new `server started` and → old `old process draining`, `REPS` upgrades in a row
+/// SIGHUP → new `server started` and → old `old process draining`, `reps` upgrades in a row
 /// of the router served by octopus with `listeners` listeners and `conns` idle connections
 /// open to the serving process at each signal.
 async fn handover_point(
     listeners: usize,
     conns: usize,
+    reps: usize,
     bins: &Bins,
     logs: &Path,
 ) -> Result<(Point, Point), String> {
@@ -303,7 +304,7 @@ async fn handover_point(
     };
     let (mut ready, mut draining) = (mk(), mk());
     let result = async {
-        for _ in 0..REPS {
+        for _ in 0..reps {
             let old = server.state().newest_alive().ok_or("no serving process")?;
             let open = open_idle(server.addr, conns).await?;
             let signal = Instant::now();
@@ -340,21 +341,74 @@ async fn handover_point(
     result.map(|()| (ready, draining))
 }
 
-/// Runs every curve, or those named in `only` (rss, drain, handover).
+/// Which parts of the curves a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    rss: bool,
+    drain: bool,
+    handover: bool,
+}
+
+impl Parts {
+    /// Every part for an empty list; else the named ones (`rss`, `drain`, `handover`).
+    pub fn parse(names: &[String]) -> Result<Parts, String> {
+        if names.is_empty() {
+            return Ok(Parts::ALL);
+        }
+        let mut parts = Parts {
+            rss: false,
+            drain: false,
+            handover: false,
+        };
+        for name in names {
+            match name.as_str() {
+                "rss" => parts.rss = true,
+                "drain" => parts.drain = true,
+                "handover" => parts.handover = true,
+                other => {
+                    return Err(format!(
+                        "unknown part of the curves {other:?}: rss, drain or handover"
+                    ));
+                }
+            }
+        }
+        Ok(parts)
+    }
+
+    const ALL: Parts = Parts {
+        rss: true,
+        drain: true,
+        handover: true,
+    };
+
+    /// The results file: a partial run never replaces the full run's `curves.json`, which the
+    /// report reads.
+    pub fn file_name(self) -> String {
+        if self == Parts::ALL {
+            return "curves.json".into();
+        }
+        let names = [
+            (self.rss, "rss"),
+            (self.drain, "drain"),
+            (self.handover, "handover"),
+        ];
+        let named: Vec<&str> = names
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect();
+        format!("curves-{}.json", named.join("-"))
+    }
+}
+
+/// Runs the curves of `parts`, each hand-over point `upgrades` upgrades (default `REPS`).
 pub async fn run(
     bins: &Bins,
     logs: &Path,
     command: &str,
-    only: &[String],
+    parts: &Parts,
+    upgrades: Option<usize>,
 ) -> Result<CurvesResult, String> {
-    const PARTS: [&str; 3] = ["rss", "drain", "handover"];
-    if let Some(unknown) = only.iter().find(|o| !PARTS.contains(&o.as_str())) {
-        return Err(format!(
-            "unknown curves part {unknown:?}: expected one of {}",
-            PARTS.join(", ")
-        ));
-    }
-    let part = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     let _ = std::fs::create_dir_all(logs);
     let limit = raise_nofile();
     if limit < 10_000 + 200 {
@@ -365,22 +419,21 @@ pub async fn run(
         ..CurvesResult::default()
     };
     r.loadavg.0 = crate::procfs::loadavg();
-    for kind in [Kind::Octopus, Kind::Baseline]
-        .into_iter()
-        .filter(|_| part("rss"))
-    {
-        for n in [100, 1_000, 10_000] {
-            let p = rss_point(kind, n, bins, logs).await?;
-            eprintln!(
-                "curves rss {} {n} conns: {:.0} bytes/conn (reps {:?})",
-                p.server,
-                p.median(),
-                p.values
-            );
-            r.rss_per_conn.push(p);
+    if parts.rss {
+        for kind in [Kind::Octopus, Kind::Baseline] {
+            for n in [100, 1_000, 10_000] {
+                let p = rss_point(kind, n, bins, logs).await?;
+                eprintln!(
+                    "curves rss {} {n} conns: {:.0} bytes/conn (reps {:?})",
+                    p.server,
+                    p.median(),
+                    p.values
+                );
+                r.rss_per_conn.push(p);
+            }
         }
     }
-    if part("drain") {
+    if parts.drain {
         let p = drain_idle_point(10_000, bins, logs).await?;
         eprintln!(
             "curves drain idle 10000: {:.0} ms (reps {:?})",
@@ -397,18 +450,24 @@ pub async fn run(
         );
         r.drain_inflight.push(p);
     }
-    for conns in [0, 10_000].into_iter().filter(|_| part("handover")) {
-        for listeners in [1, 16, 64] {
-            let (a, b) = handover_point(listeners, conns, bins, logs).await?;
-            eprintln!(
-                "curves hand-over {listeners} listeners {conns} conns: started {:.1} ms, old draining {:.1} ms",
-                a.median(),
-                b.median()
-            );
-            r.handover_ready.push(a);
-            r.handover_draining.push(b);
+    if parts.handover {
+        let reps = upgrades.unwrap_or(REPS).max(1);
+        for conns in [0, 10_000] {
+            for listeners in [1, 16, 64] {
+                let (a, b) = handover_point(listeners, conns, reps, bins, logs).await?;
+                eprintln!(
+                    "curves hand-over {listeners} listeners {conns} conns: started {:.1} ms, old draining {:.1} ms (reps {:.1?}, {:.1?})",
+                    a.median(),
+                    b.median(),
+                    a.values,
+                    b.values
+                );
+                r.handover_ready.push(a);
+                r.handover_draining.push(b);
+            }
         }
     }
     r.loadavg.1 = crate::procfs::loadavg();
+    eprintln!("curves: load average {} → {}", r.loadavg.0, r.loadavg.1);
     Ok(r)
 }

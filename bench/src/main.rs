@@ -6,7 +6,7 @@
 //! octopus-bench run overhead               # octopus vs baseline vs ecdysis, rounds A B C
 //! octopus-bench run pinned --rounds 10     # server on CPU 0, wrk/h2load on CPU 1: ratio lines
 //! octopus-bench run curves                 # RSS/conn, drain and hand-over times at scale
-//! octopus-bench run curves --only drain    # one part of the curves: rss, drain, handover
+//! octopus-bench run curves --only handover --upgrades 8   # only the hand-over points
 //! octopus-bench run wrk                    # keepalive load by wrk, for the cross-check
 //! octopus-bench run supervisor             # the Go server: `octopus run` vs a naive restart
 //! octopus-bench smoke                      # CI: keepalive, new-conn, control: 5 upgrades each, exit 1 on failure
@@ -70,7 +70,8 @@ enum Cmd {
         /// Rounds (overhead).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Curves: run only these parts (rss, drain, handover), comma-separated; default all.
+        /// Parts of the curves to run (default: all): rss, drain, handover. With
+        /// `--upgrades N`, each hand-over point is N upgrades (default 3).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         #[command(flatten)]
@@ -215,8 +216,9 @@ async fn run_cmd(cmd: Cmd) -> Result<bool, String> {
                     return Ok(true);
                 }
                 "curves" => {
-                    let r = curves::run(&bins, &logs, &command, &only).await?;
-                    results::write(&out, "curves.json", &r)?;
+                    let parts = curves::Parts::parse(&only)?;
+                    let r = curves::run(&bins, &logs, &command, &parts, upgrades).await?;
+                    results::write(&out, &parts.file_name(), &r)?;
                     return Ok(true);
                 }
                 "wrk" => {
