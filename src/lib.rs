@@ -69,7 +69,7 @@
 //!  old process (pid 100)                          new process (pid 200)
 //!  ─────────────────────                          ─────────────────────
 //!  serving on fd 3 (tcp:127.0.0.1:8080)
-//!  SIGHUP ──► pipe(); fork + exec argv[0] ───────► same argv, cwd and env, plus
+//!  SIGHUP ──► pipe(); spawn argv[0] ────────────► same argv, cwd and env, plus
 //!             fds 3 and 5 cross exec               OCTOPUS_LISTENERS=3=tcp:127.0.0.1:8080
 //!             (everything else is close-on-exec)   OCTOPUS_READY_FD=5  OCTOPUS_PARENT_PID=100
 //!  still accepting on fd 3   ◄──── one kernel socket, one accept queue ────► adopts fd 3, checks it,
@@ -93,7 +93,10 @@
 //! that is told to stop before its report never reports ready, so the old one rolls back. A
 //! successor starts with SIGHUP, SIGUSR1 and SIGUSR2 ignored until its handlers are installed,
 //! so an upgrade signal cannot kill it while it starts. One [`Octopus`] per process: it owns the
-//! signals and every listener's hand-over ([`Error::SecondInstance`] otherwise).
+//! signals and every listener's hand-over ([`Error::SecondInstance`] otherwise). On Linux the
+//! successor is started the way `posix_spawn` starts a process (`clone` with `CLONE_VM` and
+//! `CLONE_VFORK`), not with `fork`: nothing of the old process's memory is copied, so a process
+//! holding 10,000 connections hands over about as fast as an idle one.
 //!
 #![doc = include_str!("../docs/handover.md")]
 #![doc = ""]
