@@ -131,17 +131,62 @@ pub struct Comparison {
 impl Comparison {
     /// The one printed line.
     pub fn line(&self) -> String {
-        let f = |(m, lo, hi): (f64, f64, f64)| format!("{m:.3} ({lo:.3}..{hi:.3})");
+        let targets = self.targets();
+        let f = |i: usize| {
+            let (m, lo, hi) = self.ratios[i];
+            let verdict = targets[i].map_or(String::new(), |t| format!(" [{}]", t.verdict(m)));
+            format!("{m:.3} ({lo:.3}..{hi:.3}){verdict}")
+        };
         format!(
             "{} {}/{}: throughput {}  p50 {}  p99 {}  [median of {} per-round ratios (min..max)]",
             self.workload,
             self.server,
             self.reference,
-            f(self.ratios[0]),
-            f(self.ratios[1]),
-            f(self.ratios[2]),
+            f(0),
+            f(1),
+            f(2),
             self.rounds
         )
+    }
+
+    /// Issue 12's targets for the throughput, p50 and p99 ratios of this comparison, if any.
+    pub fn targets(&self) -> [Option<Target>; 3] {
+        let w = self.workload.as_str();
+        match (self.server.as_str(), self.reference.as_str()) {
+            ("octopus", "baseline") if w == "h1-keepalive" || w == "h2" => [
+                Some(Target::AtLeast(0.99)),
+                Some(Target::AtMost(1.03)),
+                Some(Target::AtMost(1.03)),
+            ],
+            ("octopus", "http1") if w == "h1-keepalive" => {
+                [Some(Target::AtLeast(0.98)), None, Some(Target::AtMost(1.05))]
+            }
+            // Octopus ahead of or equal to `axum::serve` on the same router.
+            ("octopus-axum", "axum") if w == "h1-keepalive" || w == "h2" => {
+                [Some(Target::AtLeast(1.0)), None, None]
+            }
+            _ => [None, None, None],
+        }
+    }
+}
+
+/// A bound a median ratio must meet.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// Throughput: at least this ratio.
+    AtLeast(f64),
+    /// Latency: at most this ratio.
+    AtMost(f64),
+}
+
+impl Target {
+    /// "✅ ≥ 0.99" or "❌ ≤ 1.03" for the median `m`.
+    pub fn verdict(self, m: f64) -> String {
+        let (met, sign, bound) = match self {
+            Target::AtLeast(b) => (m >= b, "≥", b),
+            Target::AtMost(b) => (m <= b, "≤", b),
+        };
+        format!("{} {sign} {bound:.2}", if met { "✅" } else { "❌" })
     }
 }
 
@@ -432,6 +477,23 @@ mod tests {
         assert!((rps - 51234.5).abs() < 1e-6);
         assert_eq!((p50, p99), (200.0, 300.0));
         assert_eq!(failed, 15);
+    }
+
+    #[test]
+    fn targets_apply_where_the_issue_sets_them_and_judge_the_median() {
+        let c = |server: &str, reference: &str, workload: &str| Comparison {
+            workload: workload.into(),
+            server: server.into(),
+            reference: reference.into(),
+            rounds: 1,
+            ratios: [(1.0, 1.0, 1.0); 3],
+        };
+        let t = c("octopus", "baseline", "h1-keepalive").targets();
+        assert_eq!(t[0].unwrap().verdict(0.985), "❌ ≥ 0.99");
+        assert_eq!(t[2].unwrap().verdict(1.03), "✅ ≤ 1.03");
+        assert!(c("octopus", "http1", "h1-keepalive").targets()[1].is_none());
+        assert!(c("octopus", "baseline", "h1-close").targets()[0].is_none());
+        assert!(c("octopus-axum", "axum", "h2").targets()[0].is_some());
     }
 
     #[test]

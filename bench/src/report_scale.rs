@@ -76,20 +76,31 @@ fn pinned_section(md: &mut String, p: &PinnedResult) {
     md.push_str(
         "| workload | server / reference | throughput | p50 | p99 | rounds |\n|---|---|---|---|---|---|\n",
     );
-    let f = |(m, lo, hi): (f64, f64, f64)| format!("**{m:.3}** ({lo:.3}..{hi:.3})");
     for c in pinned::comparisons(p) {
+        let targets = c.targets();
+        let f = |i: usize| {
+            let (m, lo, hi) = c.ratios[i];
+            let verdict = targets[i].map_or(String::new(), |t| format!(" {}", t.verdict(m)));
+            format!("**{m:.3}** ({lo:.3}..{hi:.3}){verdict}")
+        };
         let _ = writeln!(
             md,
             "| {} | {} / {} | {} | {} | {} | {} |",
             c.workload,
             c.server,
             c.reference,
-            f(c.ratios[0]),
-            f(c.ratios[1]),
-            f(c.ratios[2]),
+            f(0),
+            f(1),
+            f(2),
             c.rounds
         );
     }
+    md.push_str(
+        "
+Targets (issue 12) are judged on the median; a min..max that straddles the bound \
+         says the rounds disagree, and only a whole min..max on one side is a clear result on \
+         this shared machine.\n",
+    );
     md.push_str(
         "\nAbsolute figures, median over the rounds (req/s, p50 µs, p99 µs, errors summed):\n\n\
          | workload | server | req/s | p50 µs | p99 µs | errors |\n|---|---|---|---|---|---|\n",
@@ -171,6 +182,20 @@ fn curves_section(
             curve("baseline (hyper-util)", &by("baseline")),
         ],
     )?;
+    let over: Vec<String> = by("octopus")
+        .iter()
+        .filter_map(|o| {
+            let b = by("baseline").into_iter().find(|b| b.x == o.x)?;
+            Some(format!("{:+.0} at {}", o.median() - b.median(), o.x))
+        })
+        .collect();
+    if !over.is_empty() {
+        let _ = writeln!(
+            md,
+            "\noctopus − baseline, bytes per connection: {} connections.",
+            over.join(", ")
+        );
+    }
     let _ = writeln!(md, "\n![RSS per connection]({})\n", rel(svg));
 
     md.push_str(
@@ -234,6 +259,30 @@ fn curves_section(
                 .map(|v| format!("{v:.1}"))
                 .collect::<Vec<_>>()
                 .join(", ")
+        );
+    }
+    let flat: Vec<String> = c
+        .handover_draining
+        .iter()
+        .filter(|p| p.conns == 10_000)
+        .filter_map(|many| {
+            let none = c
+                .handover_draining
+                .iter()
+                .find(|p| p.conns == 0 && p.x == many.x)?;
+            Some(format!(
+                "{:+.1} ms at {} listener{}",
+                many.median() - none.median(),
+                many.x,
+                if many.x == 1 { "" } else { "s" }
+            ))
+        })
+        .collect();
+    if !flat.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nSignal → old draining, 10,000 open connections against none: {}.",
+            flat.join(", ")
         );
     }
     let mut curves = Vec::new();
