@@ -158,9 +158,11 @@ impl Comparison {
                 Some(Target::AtMost(1.03)),
                 Some(Target::AtMost(1.03)),
             ],
-            ("octopus", "http1") if w == "h1-keepalive" => {
-                [Some(Target::AtLeast(0.98)), None, Some(Target::AtMost(1.05))]
-            }
+            ("octopus", "http1") if w == "h1-keepalive" => [
+                Some(Target::AtLeast(0.98)),
+                None,
+                Some(Target::AtMost(1.05)),
+            ],
             // Octopus ahead of or equal to `axum::serve` on the same router.
             ("octopus-axum", "axum") if w == "h1-keepalive" || w == "h2" => {
                 [Some(Target::AtLeast(1.0)), None, None]
