@@ -249,7 +249,7 @@ impl Octopus {
         owns_instance: bool,
     ) -> Self {
         let upgrader = Upgrader::new(
-            OsSpawner,
+            OsSpawner::reserving(),
             start,
             config.upgrade_timeout,
             DEFAULT_DRAIN_TIMEOUT,

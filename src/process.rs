@@ -18,6 +18,8 @@ use crate::key::ListenerKey;
 use crate::readiness;
 
 #[cfg(target_os = "linux")]
+mod ready_slot;
+#[cfg(target_os = "linux")]
 mod vfork;
 
 /// How this process was started, captured once at start-up so that a successor is started the
@@ -119,7 +121,25 @@ pub(crate) trait Spawner: Send + Sync + 'static {
 /// Starts real processes: `clone(CLONE_VM | CLONE_VFORK)` + `execve` on Linux (see
 /// [`vfork`]), `fork` + `execve` elsewhere.
 #[derive(Debug, Default)]
-pub(crate) struct OsSpawner;
+pub(crate) struct OsSpawner {
+    /// Where the readiness pipe goes, below the connections' fds ([`ready_slot`]).
+    #[cfg(target_os = "linux")]
+    ready_slot: Option<ready_slot::ReadySlot>,
+}
+
+impl OsSpawner {
+    /// A spawner with the readiness pipe's low fd reserved now: called when the process has
+    /// opened few fds yet. Without one (no fd to spare) upgrades work the same, only slower
+    /// from a process with many open connections.
+    pub(crate) fn reserving() -> OsSpawner {
+        OsSpawner {
+            #[cfg(target_os = "linux")]
+            ready_slot: ready_slot::ReadySlot::reserve()
+                .inspect_err(|e| tracing::debug!("no low fd kept for the readiness pipe: {e}"))
+                .ok(),
+        }
+    }
+}
 
 /// A real child process.
 ///
@@ -249,7 +269,18 @@ impl Spawner for OsSpawner {
         listeners: &[(ListenerKey, BorrowedFd<'_>)],
     ) -> io::Result<Spawned<OsChild>> {
         let (ready_read, ready_write) = readiness::pipe()?;
-        let handover = Handover::from_this_process(listeners, ready_write.as_fd());
+        #[cfg(target_os = "linux")]
+        let held = match &self.ready_slot {
+            Some(slot) => Some(slot.hold(ready_write.as_fd())?),
+            None => None,
+        };
+        #[cfg(target_os = "linux")]
+        let ready_fd = held
+            .as_ref()
+            .map_or(ready_write.as_fd(), |held| held.as_fd());
+        #[cfg(not(target_os = "linux"))]
+        let ready_fd = ready_write.as_fd();
+        let handover = Handover::from_this_process(listeners, ready_fd);
         let inherit: Vec<RawFd> = handover
             .listeners
             .iter()
@@ -259,6 +290,8 @@ impl Spawner for OsSpawner {
         let environment = successor_environment(std::env::vars_os(), &handover);
         let exec = Exec::new(start, environment)?;
         let pid = start_successor(exec, start, inherit)?;
+        #[cfg(target_os = "linux")]
+        drop(held);
         drop(ready_write);
         Ok(Spawned {
             child: OsChild {
@@ -503,7 +536,7 @@ mod tests {
                 args: vec![],
                 cwd: "/".into(),
             };
-            let err = match OsSpawner.spawn(&start, &[]) {
+            let err = match OsSpawner::default().spawn(&start, &[]) {
                 Err(err) => err,
                 Ok(mut spawned) => {
                     let status = spawned.child.wait().await;
@@ -612,7 +645,7 @@ mod tests {
             cwd: dir.clone(),
         };
         let before = signal_state();
-        let spawned = OsSpawner.spawn(&start, &[]);
+        let spawned = OsSpawner::default().spawn(&start, &[]);
         let after = signal_state();
         // SAFETY: restores the mask read above.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) };
@@ -637,7 +670,10 @@ mod tests {
             args: vec![],
             cwd: dir.path().join("removed"),
         };
-        let err = OsSpawner.spawn(&start, &[]).err().expect("spawned");
+        let err = OsSpawner::default()
+            .spawn(&start, &[])
+            .err()
+            .expect("spawned");
         assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     }
 
@@ -659,12 +695,61 @@ mod tests {
             cwd: "/".into(),
         };
         let borrowed = std::os::fd::AsFd::as_fd(&listener);
-        let mut spawned = OsSpawner
+        let mut spawned = OsSpawner::default()
             .spawn(&start, &[(ListenerKey::tcp("127.0.0.1:0"), borrowed)])
             .unwrap();
         assert!(
             spawned.ready.await.unwrap(),
             "the child did not see exactly the handed-over fds"
+        );
+        assert!(spawned.child.wait().await.unwrap().success());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_successor_gets_no_inheritable_fd_of_its_parent() {
+        let spawner = OsSpawner::reserving();
+        // Numbers chosen, so that other tests' fds cannot reorder them: an inheritable fd on
+        // each side of the listener.
+        let (pipe, _) = rustix::pipe::pipe().unwrap();
+        // An inheritable copy of the pipe's read end at `min` or above.
+        let inheritable = |min: RawFd| {
+            // SAFETY: F_DUPFD makes a new fd, owned by the OwnedFd alone.
+            unsafe {
+                let fd = libc::fcntl(pipe.as_raw_fd(), libc::F_DUPFD, min);
+                assert!(fd >= 0, "{}", io::Error::last_os_error());
+                <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+            }
+        };
+        let below = inheritable(200);
+        let listener = std::net::TcpListener::from(
+            rustix::io::fcntl_dupfd_cloexec(
+                std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+                300,
+            )
+            .unwrap(),
+        );
+        let above = inheritable(400);
+        let fd = listener.as_raw_fd();
+        let script = format!(
+            "! test -e /proc/self/fd/{below} && ! test -e /proc/self/fd/{above} \
+             && test -e /proc/self/fd/{fd} && printf R > /dev/fd/$OCTOPUS_READY_FD",
+            below = below.as_raw_fd(),
+            above = above.as_raw_fd(),
+        );
+        let start = StartInfo {
+            program: "/bin/sh".into(),
+            argv0: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            cwd: "/".into(),
+        };
+        let borrowed = std::os::fd::AsFd::as_fd(&listener);
+        let mut spawned = spawner
+            .spawn(&start, &[(ListenerKey::tcp("127.0.0.1:0"), borrowed)])
+            .unwrap();
+        assert!(
+            spawned.ready.await.unwrap(),
+            "the child saw an inheritable fd of its parent"
         );
         assert!(spawned.child.wait().await.unwrap().success());
     }

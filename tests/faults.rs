@@ -169,7 +169,7 @@ fn a_storm_of_100_sighups_keeps_one_upgrade_in_flight_and_no_request_fails() {
     let mut server = Hello::start(LOCAL);
     let port = server.port();
     let first = server.first_pid();
-    let fds_first = fd_kinds(first);
+    let fds_first = own_fd_kinds(first);
     let load = Load::start(port);
     // Each signal goes to the newest generation known to serve, so the storm chains upgrades
     // while each process sees signals arrive during its own upgrade.
@@ -249,7 +249,7 @@ fn a_storm_of_100_sighups_keeps_one_upgrade_in_flight_and_no_request_fails() {
     assert_eq!(inodes.len(), 1, "one listening socket on port {port}");
     assert!(holds_socket(last, inodes[0]));
     eventually("the last generation holds the fds the first held", || {
-        fd_kinds(last) == fds_first
+        own_fd_kinds(last) == fds_first
     });
     // No process ever ran two upgrades at once: each spawn is followed by its outcome before the
     // same process spawns again.
@@ -421,7 +421,7 @@ fn fifty_upgrades_leak_no_fd_and_leave_no_zombie() {
     let server = Hello::start(LOCAL);
     let port = server.port();
     let first = server.first_pid();
-    let fds_first = fd_kinds(first);
+    let fds_first = own_fd_kinds(first);
     let mut current = first;
     for nth in 0..50 {
         signal(current, Signal::HUP);
@@ -441,7 +441,7 @@ fn fifty_upgrades_leak_no_fd_and_leave_no_zombie() {
     }
     assert_eq!(pid_answering(port), current);
     eventually("generation 51 holds exactly what generation 1 held", || {
-        fd_kinds(current) == fds_first
+        own_fd_kinds(current) == fds_first
     });
 }
 

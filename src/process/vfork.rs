@@ -10,6 +10,11 @@
 //! the child may use the parent's data as long as that thread would; its other threads keep
 //! serving meanwhile, so the child touches nothing they use, takes no lock and allocates nothing.
 //!
+//! The child starts on the parent's fd table too (`CLONE_FILES`) and copies only the part below
+//! the fds it is handed (`close_range` with `CLOSE_RANGE_UNSHARE`): the copy of a 10,000-entry
+//! table, and its closing in `execve`, cost as much as the old process has connections. The
+//! readiness pipe is kept low for that ([`super::ready_slot`]).
+//!
 //! No `posix_spawn`: the successor needs its own pid in its environment ([`super::Exec`]), which
 //! only code running in the child knows, and it must start with the upgrade signals ignored.
 
@@ -32,6 +37,8 @@ struct Shared<'a> {
     exec: &'a mut Exec,
     cwd: &'a CStr,
     inherit: &'a [RawFd],
+    /// The child keeps the fds below this: every fd it is handed, and what lies between them.
+    keep_below: libc::c_uint,
     /// The spawning thread's signal mask, which the successor starts with, as it did when
     /// started by std's `Command`.
     mask: libc::sigset_t,
@@ -45,10 +52,12 @@ struct Shared<'a> {
 pub(super) fn spawn(exec: &mut Exec, cwd: &CStr, inherit: &[RawFd]) -> io::Result<u32> {
     let stack = Stack::new()?;
     let blocked = SignalsBlocked::new()?;
+    let keep_below = inherit.iter().copied().max().map_or(3, |fd| fd + 1).max(3);
     let mut shared = Shared {
         exec,
         cwd,
         inherit,
+        keep_below: libc::c_uint::try_from(keep_below).unwrap_or(libc::c_uint::MAX),
         mask: blocked.previous,
         error: 0,
     };
@@ -61,7 +70,7 @@ pub(super) fn spawn(exec: &mut Exec, cwd: &CStr, inherit: &[RawFd]) -> io::Resul
         libc::clone(
             child,
             stack.top(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::SIGCHLD,
             (&raw mut shared).cast::<c_void>(),
         )
     };
@@ -109,6 +118,21 @@ fn prepare_and_exec(shared: &mut Shared<'_>) -> c_int {
     // SAFETY: only system calls on values this child owns or that the suspended parent keeps
     // alive; the C library wrappers used take no lock and do not allocate.
     unsafe {
+        // Started on the parent's fd table (CLONE_FILES), the child takes a copy of only the
+        // part below the fds it is handed: copying the whole table, and closing it again in
+        // `execve`, would cost as much as the old process has connections. Without
+        // `close_range` (Linux before 5.9) it copies it all, as `fork` would. Nothing before this
+        // touches an fd: the parent's other threads go on using the shared table meanwhile.
+        let unshared = libc::syscall(
+            libc::SYS_close_range,
+            shared.keep_below,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_UNSHARE,
+        ) == 0
+            || libc::unshare(libc::CLONE_FILES) == 0;
+        if !unshared {
+            return errno();
+        }
         // A handler of the parent's would run here in the parent's memory: every caught signal
         // goes back to its default before any is unblocked. Ignored ones stay ignored, as
         // across `fork` and `exec`.
@@ -132,6 +156,13 @@ fn prepare_and_exec(shared: &mut Shared<'_>) -> c_int {
         }
         if libc::chdir(shared.cwd.as_ptr()) != 0 {
             return errno();
+        }
+        // The successor gets stdio, its listeners and the readiness pipe, nothing else, whatever
+        // number another inheritable fd has: one its first generation's starter leaked (a
+        // shell's, a CI runner's) is not carried through every upgrade after. Those above
+        // `keep_below` were left out of the copy; the few below are marked here.
+        for fd in 3..shared.keep_below as c_int {
+            let _ = libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
         }
         for fd in shared.inherit {
             if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {

@@ -511,9 +511,34 @@ pub fn holds_socket(pid: u32, inode: u64) -> bool {
 /// The kinds of the fds `pid` holds (`socket`, `pipe`, `anon_inode:[eventpoll]`, a path...),
 /// sorted, so two generations can be compared.
 pub fn fd_kinds(pid: u32) -> Vec<String> {
+    kinds_of_fds(pid, |_| true)
+}
+
+/// The kinds of the fds `pid` opened or was handed itself: stdio and its close-on-exec fds.
+/// Leaves out what its starter left inheritable (cargo's jobserver pipes, a shell's fds), which
+/// a first generation holds and a successor is not given.
+pub fn own_fd_kinds(pid: u32) -> Vec<String> {
+    kinds_of_fds(pid, |fd| {
+        fd <= 2
+            || std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).is_ok_and(|info| {
+                info.lines()
+                    .find_map(|line| line.strip_prefix("flags:"))
+                    .and_then(|flags| u32::from_str_radix(flags.trim(), 8).ok())
+                    .is_some_and(|flags| flags & libc::O_CLOEXEC as u32 != 0)
+            })
+    })
+}
+
+fn kinds_of_fds(pid: u32, keep: impl Fn(u32) -> bool) -> Vec<String> {
     let mut kinds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|fd| fd.parse().ok())
+                .is_some_and(&keep)
+        })
         .filter_map(|e| std::fs::read_link(e.path()).ok())
         .map(|target| {
             let target = target.to_string_lossy().to_string();
