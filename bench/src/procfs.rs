@@ -4,18 +4,48 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Number of entries in `/proc/PID/fd`.
-pub fn fd_count(pid: u32) -> Option<usize> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+/// The fds `pid` holds of its own: stdio and its close-on-exec fds. An fd its starter left
+/// inheritable (this tool's parent shell's, say) is held by a first generation only, since
+/// octopus gives a successor nothing but its listeners and readiness pipe: counting it would
+/// make a generation look like it leaked, or the first like it held more.
+fn own_fds(pid: u32) -> Option<Vec<std::fs::DirEntry>> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(
+        dir.flatten()
+            .filter(|entry| {
+                let Some(fd) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    return false;
+                };
+                fd <= 2
+                    || std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).is_ok_and(
+                        |info| {
+                            info.lines()
+                                .find_map(|line| line.strip_prefix("flags:"))
+                                .and_then(|flags| u32::from_str_radix(flags.trim(), 8).ok())
+                                .is_some_and(|flags| flags & O_CLOEXEC != 0)
+                        },
+                    )
+            })
+            .collect(),
+    )
 }
 
-/// The open fds of `pid` by kind (`socket`, `pipe`, `anon_inode:[eventpoll]`, a path...).
+/// `O_CLOEXEC` in the `flags:` of `/proc/PID/fdinfo/FD` (octal), on Linux.
+const O_CLOEXEC: u32 = 0o2000000;
+
+/// Number of fds `pid` holds of its own (see [`own_fds`]).
+pub fn fd_count(pid: u32) -> Option<usize> {
+    Some(own_fds(pid)?.len())
+}
+
+/// The fds `pid` holds of its own by kind (`socket`, `pipe`, `anon_inode:[eventpoll]`, a path...).
 pub fn fd_kinds(pid: u32) -> BTreeMap<String, usize> {
     let mut kinds = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return kinds;
-    };
-    for entry in dir.flatten() {
+    for entry in own_fds(pid).unwrap_or_default() {
         let target = std::fs::read_link(entry.path())
             .map(|t| t.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "?".into());
