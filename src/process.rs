@@ -483,6 +483,16 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
 
+    /// `/bin/sh -c script`, started in `/`.
+    fn shell(script: String) -> StartInfo {
+        StartInfo {
+            program: "/bin/sh".into(),
+            argv0: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            cwd: "/".into(),
+        }
+    }
+
     #[test]
     fn relative_paths_are_made_absolute_against_the_start_directory() {
         let cwd = Path::new("/srv/app");
@@ -639,10 +649,8 @@ mod tests {
             dir.display()
         );
         let start = StartInfo {
-            program: "/bin/sh".into(),
-            argv0: "sh".into(),
-            args: vec!["-c".into(), script.into()],
             cwd: dir.clone(),
+            ..shell(script)
         };
         let before = signal_state();
         let spawned = OsSpawner::default().spawn(&start, &[]);
@@ -688,12 +696,7 @@ mod tests {
              && printf R > /dev/fd/$OCTOPUS_READY_FD",
             stray = stray.as_raw_fd()
         );
-        let start = StartInfo {
-            program: "/bin/sh".into(),
-            argv0: "sh".into(),
-            args: vec!["-c".into(), script.into()],
-            cwd: "/".into(),
-        };
+        let start = shell(script);
         let borrowed = std::os::fd::AsFd::as_fd(&listener);
         let mut spawned = OsSpawner::default()
             .spawn(&start, &[(ListenerKey::tcp("127.0.0.1:0"), borrowed)])
@@ -737,12 +740,7 @@ mod tests {
             below = below.as_raw_fd(),
             above = above.as_raw_fd(),
         );
-        let start = StartInfo {
-            program: "/bin/sh".into(),
-            argv0: "sh".into(),
-            args: vec!["-c".into(), script.into()],
-            cwd: "/".into(),
-        };
+        let start = shell(script);
         let borrowed = std::os::fd::AsFd::as_fd(&listener);
         let mut spawned = spawner
             .spawn(&start, &[(ListenerKey::tcp("127.0.0.1:0"), borrowed)])
