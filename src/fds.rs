@@ -336,9 +336,12 @@ mod tests {
 
     #[test]
     fn rejects_a_closed_fd() {
+        // Closed at a number far above the lowest free ones, which other tests running at the
+        // same time are given: none of them reopens it before the check.
         let file = tempfile::tempfile().unwrap();
-        let raw = file.as_raw_fd();
-        drop(file);
+        let high = rustix::io::fcntl_dupfd_cloexec(&file, 512).unwrap();
+        let raw = high.as_raw_fd();
+        drop(high);
         assert_eq!(
             problem(adopt(raw, &ListenerKey::tcp("127.0.0.1:0"))),
             "is not open"
