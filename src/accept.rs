@@ -10,6 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::listeners::local_address;
 
+/// What [`Accept::poll_relayed`] gives.
+pub type Relayed<L> =
+    std::task::Poll<Option<io::Result<(<L as Accept>::Stream, <L as Accept>::Peer)>>>;
+
 /// A listening socket registered with the runtime, as the generation loop drives it.
 pub trait Accept: Send + Sync + 'static {
     /// An accepted connection.
@@ -25,6 +29,17 @@ pub trait Accept: Send + Sync + 'static {
 
     /// The address it listens on, for logs and `status`.
     fn describe(&self) -> String;
+
+    /// Whether connections relayed by the process this one replaced may still come: they are
+    /// served until then, after this generation stops accepting too.
+    fn relays(&self) -> bool {
+        false
+    }
+
+    /// The next relayed connection; `None` once none can come.
+    fn poll_relayed(&self, _cx: &mut std::task::Context<'_>) -> Relayed<Self> {
+        std::task::Poll::Ready(None)
+    }
 }
 
 impl Accept for TcpListener {

@@ -1,6 +1,11 @@
 //! One HTTP connection, served until it ends or the drain retires it.
 //!
-//! HTTP/1 keep-alive connections are retired without racing the client: once the drain starts the
+//! After a hand-over to a successor that takes them, plain HTTP/1 keep-alive connections are not
+//! closed at all: once no request is in progress on one (a request that is finishes first, with a
+//! keep-alive response), it is relayed to the successor ([`crate::relay`]).
+//!
+//! Otherwise (a shutdown, TLS), HTTP/1 keep-alive connections are retired without racing the
+//! client: once the drain starts the
 //! connection keeps being read, its next response carries `Connection: close` (so the client opens
 //! a new connection, to the new process), and only a connection that stays idle for the idle grace
 //! is closed by the server: one with part of a request received at the grace is left to finish it
@@ -13,6 +18,7 @@
 use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -24,12 +30,14 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 use crate::control::{ConnectionSlot, InFlight};
 use crate::drain::{Draining, Hold};
 use crate::peer::Peer;
 use crate::protocol::{Builders, Detect, HttpConnection, Wrapped};
+use crate::relay::{Relay, Sending};
 use crate::stream::InputProbe;
 use crate::trigger::Fired;
 
@@ -87,20 +95,52 @@ struct Shared {
     upgraded: AtomicBool,
     /// Requests of this connection in flight, for the control socket's `status`.
     in_flight: Arc<AtomicU32>,
+    /// What it takes to relay this connection to a successor; `None` for one that cannot be
+    /// (TLS, or a listener not handed over).
+    relay: Option<RelayTicket>,
+    /// Set when the drain shuts the connection down between requests to relay it. A close hyper
+    /// decides for its own reasons (the client asked for it, an error) is a close.
+    retiring: AtomicBool,
+    /// Set by a request taken during the drain whose client ends the connection after it
+    /// (`Connection: close`, HTTP/1.0): its client waits for the close, so it is never relayed.
+    client_closes: AtomicBool,
+}
+
+impl Shared {
+    /// The successor to relay this connection to rather than close it, once a drain after a
+    /// hand-over to one that takes this connection's listener began.
+    fn relay(&self) -> Option<(&Arc<Relay>, &RelayTicket)> {
+        let ticket = self.relay.as_ref()?;
+        let relay = self.draining.relay()?;
+        relay.accepts(&ticket.key).then_some((relay, ticket))
+    }
+}
+
+/// How the drain treats one connection.
+pub(crate) struct Drained {
+    /// The connection's drain token.
+    pub hold: Hold,
+    pub draining: Draining,
+    pub idle_grace: Duration,
+    pub relay: Option<RelayTicket>,
+}
+
+/// A plain connection's socket and listener, which a successor can serve.
+pub(crate) struct RelayTicket {
+    pub key: Arc<str>,
+    /// The connection's socket, owned by its stream: used only while the connection runs.
+    pub socket: RawFd,
 }
 
 type Hyper<IO, S> = HttpConnection<UpgradableIo<IO>, CloseWhenDraining<S>>;
 
-/// Serves one connection with `service` until it ends, the drain retires it, or the drain cuts
-/// it at its deadline; `hold` is the connection's drain token.
-#[allow(clippy::too_many_arguments)]
+/// Serves one connection with `service` until it ends, the drain retires it (relays it to a
+/// successor, or closes it), or the drain cuts it at its deadline.
 pub(crate) fn serve_connection<S, IO>(
     builders: &Arc<Builders>,
     stream: IO,
     service: S,
-    hold: Hold,
-    draining: Draining,
-    idle_grace: Duration,
+    drained: Drained,
     slot: ConnectionSlot,
     peer: Peer,
     input: InputProbe,
@@ -109,6 +149,12 @@ where
     S: HttpService,
     IO: Detect,
 {
+    let Drained {
+        hold,
+        draining,
+        idle_grace,
+        relay,
+    } = drained;
     let shared = Arc::new(Shared {
         draining,
         hold,
@@ -117,6 +163,9 @@ where
         unclaimed_bytes: AtomicBool::new(false),
         upgraded: AtomicBool::new(false),
         in_flight: slot.in_flight(),
+        relay,
+        retiring: AtomicBool::new(false),
+        client_closes: AtomicBool::new(false),
     });
     let service = CloseWhenDraining {
         inner: service,
@@ -127,6 +176,7 @@ where
         inner: stream,
         shared: shared.clone(),
         cut: None,
+        relaying: Relaying::NotTried,
     };
     ServeConnection {
         draining: shared.draining.signal(),
@@ -153,6 +203,9 @@ enum Phase {
     /// one no client retries. An HTTP/1 request is answered with `Connection: close`; HTTP/2
     /// gets GOAWAY once it shows; the deadline cuts a client that never sends.
     FirstRequest,
+    /// The drain after a hand-over to a successor that takes this connection: waiting until no
+    /// request is in progress, to relay it then.
+    Relaying,
     /// Told to shut down gracefully, or left to finish the request arriving on it.
     Finishing,
 }
@@ -221,7 +274,11 @@ where
                     this.connection.as_mut().graceful_shutdown();
                     continue;
                 }
-                *this.phase = Phase::Grace;
+                *this.phase = if this.shared.relay().is_some() {
+                    Phase::Relaying
+                } else {
+                    Phase::Grace
+                };
             }
             let Some(timers) = this.timers.as_mut() else {
                 return Poll::Pending;
@@ -248,6 +305,20 @@ where
                     this.connection.as_mut().graceful_shutdown();
                     continue;
                 }
+            }
+            if *this.phase == Phase::Relaying {
+                // Between requests, with nothing half-read: hyper closes an idle connection at
+                // once, and one finishing a response once it is written; the close relays it.
+                // Requests in progress end inside `connection`'s poll, so this sees them end.
+                let idle = this.shared.in_flight.load(Ordering::Relaxed) == 0
+                    && !this.shared.unclaimed_bytes.load(Ordering::Relaxed);
+                if idle {
+                    *this.phase = Phase::Finishing;
+                    this.shared.retiring.store(true, Ordering::Relaxed);
+                    this.connection.as_mut().graceful_shutdown();
+                    continue;
+                }
+                return Poll::Pending;
             }
             if *this.phase == Phase::FirstRequest && this.shared.http2.load(Ordering::Relaxed) {
                 *this.phase = Phase::Finishing;
@@ -283,6 +354,11 @@ impl<S: HttpService> hyper::service::Service<Request<Incoming>> for CloseWhenDra
         } else {
             self.shared.http2.store(true, Ordering::Relaxed);
         }
+        // Asked only during the drain: a connection the drain retires between requests is
+        // relayed unless its client means to end it.
+        if http1 && self.shared.draining.is_draining() && client_closes(&request) {
+            self.shared.client_closes.store(true, Ordering::Relaxed);
+        }
         let connect = request.method() == Method::CONNECT;
         // Without a body, bytes read while the request is served can only be a next request.
         let has_body = !request.body().is_end_stream();
@@ -298,6 +374,17 @@ impl<S: HttpService> hyper::service::Service<Request<Incoming>> for CloseWhenDra
             watch,
         }
     }
+}
+
+/// Whether the client ends the connection after this request.
+fn client_closes(request: &Request<Incoming>) -> bool {
+    request.version() < Version::HTTP_11
+        || request.headers().get_all(CONNECTION).iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+        })
 }
 
 pin_project_lite::pin_project! {
@@ -387,7 +474,9 @@ where
             let status = response.status();
             if status == StatusCode::SWITCHING_PROTOCOLS || (watch.connect && status.is_success()) {
                 watch.shared.upgraded.store(true, Ordering::Relaxed);
-            } else if watch.shared.draining.is_draining() {
+            } else if watch.shared.draining.is_draining() && watch.shared.relay().is_none() {
+                // A connection the drain relays stays open for its client: its next request
+                // goes to the successor.
                 response
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -397,11 +486,24 @@ where
     }
 }
 
-/// The connection's byte stream; once upgraded, it fails at the drain deadline.
+/// The connection's byte stream; once upgraded, it fails at the drain deadline. Its shutdown
+/// relays it to the successor instead, when the drain allows.
 struct UpgradableIo<IO> {
     inner: IO,
     shared: Arc<Shared>,
     cut: Option<Pin<Box<Fired>>>,
+    relaying: Relaying,
+}
+
+/// Where a connection's relay to the successor is.
+enum Relaying {
+    NotTried,
+    /// The channel was full: waiting for the successor to have it.
+    Queued(oneshot::Receiver<bool>),
+    /// Sent, or not to be: the stream is shut down as usual.
+    Done {
+        sent: bool,
+    },
 }
 
 impl<IO> UpgradableIo<IO> {
@@ -410,6 +512,43 @@ impl<IO> UpgradableIo<IO> {
     #[inline]
     fn is_cut(&mut self, cx: &mut Context<'_>) -> bool {
         self.shared.upgraded.load(Ordering::Relaxed) && self.poll_cut(cx)
+    }
+
+    /// Hands the socket to the successor if the drain relays this connection and nothing of a
+    /// next request was read: `true` once the successor has it, and the stream must then be
+    /// dropped without a shutdown (which would end the connection for the successor too).
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        loop {
+            match &mut self.relaying {
+                Relaying::Done { sent } => return Poll::Ready(*sent),
+                Relaying::Queued(outcome) => {
+                    let sent = ready!(Pin::new(outcome).poll(cx)).unwrap_or(false);
+                    self.relaying = Relaying::Done { sent };
+                }
+                Relaying::NotTried => {
+                    let shared = &self.shared;
+                    let relay = shared.relay().filter(|_| {
+                        shared.retiring.load(Ordering::Relaxed)
+                            && !shared.client_closes.load(Ordering::Relaxed)
+                            && !shared.unclaimed_bytes.load(Ordering::Relaxed)
+                            && !shared.upgraded.load(Ordering::Relaxed)
+                    });
+                    self.relaying = match relay {
+                        None => Relaying::Done { sent: false },
+                        Some((relay, ticket)) => {
+                            // SAFETY: the socket is owned by `inner`, which lives as long as
+                            // `self`; the borrow ends with this call.
+                            let socket = unsafe { BorrowedFd::borrow_raw(ticket.socket) };
+                            match relay.send(socket, &ticket.key) {
+                                Sending::Sent => Relaying::Done { sent: true },
+                                Sending::Queued(outcome) => Relaying::Queued(outcome),
+                                Sending::Failed => Relaying::Done { sent: false },
+                            }
+                        }
+                    };
+                }
+            }
+        }
     }
 
     #[cold]
@@ -489,6 +628,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for UpgradableIo<IO> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if ready!(self.poll_relay(cx)) {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -557,9 +699,12 @@ mod tests {
             &builders,
             server,
             service,
-            drain.hold(),
-            drain.draining(),
-            grace,
+            Drained {
+                hold: drain.hold(),
+                draining: drain.draining(),
+                idle_grace: grace,
+                relay: None,
+            },
             slot,
             Peer::new(crate::peer::PeerAddr::Tcp(([127, 0, 0, 1], 1).into())),
             input,

@@ -6,12 +6,14 @@
 //! closes their sockets.
 
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
+use crate::relay::Relay;
 use crate::trigger::{Fired, Trigger};
 
 /// How long a drain waits for open connections before it cuts them, unless told otherwise.
@@ -41,29 +43,43 @@ pub struct Drain {
     tracker: TaskTracker,
     draining: Trigger,
     cut_now: Trigger,
+    relay: RelaySlot,
 }
+
+/// The successor a drain after a hand-over relays idle connections to; set before the drain
+/// starts, so a connection that sees the drain sees it too.
+type RelaySlot = Arc<OnceLock<Arc<Relay>>>;
 
 /// Tells a connection task that the drain has started.
 ///
 /// Checking it reads one atomic flag, and a waiting task re-polled for every request takes no
 /// lock, so busy connections do not contend with each other.
 #[derive(Debug, Clone)]
-pub struct Draining(Trigger);
+pub struct Draining {
+    trigger: Trigger,
+    relay: RelaySlot,
+}
 
 impl Draining {
     /// Resolves once the drain has started.
     pub async fn wait(&self) {
-        self.0.wait().await
+        self.trigger.wait().await
     }
 
     /// Whether the drain has started.
     pub fn is_draining(&self) -> bool {
-        self.0.is_fired()
+        self.trigger.is_fired()
     }
 
     /// [`Draining::wait`] as a nameable future, for a hand-written connection future to hold.
     pub(crate) fn signal(&self) -> Fired {
-        self.0.wait()
+        self.trigger.wait()
+    }
+
+    /// The successor that takes idle connections, once the drain has started after a hand-over
+    /// to one.
+    pub(crate) fn relay(&self) -> Option<&Arc<Relay>> {
+        self.relay.get()
     }
 }
 
@@ -170,7 +186,15 @@ impl Drain {
 
     /// A signal for one connection task to watch.
     pub fn draining(&self) -> Draining {
-        Draining(self.draining.clone())
+        Draining {
+            trigger: self.draining.clone(),
+            relay: self.relay.clone(),
+        }
+    }
+
+    /// Lets this drain's connections be relayed to `relay`: called before [`Drain::run`].
+    pub(crate) fn relay_to(&self, relay: Arc<Relay>) {
+        let _ = self.relay.set(relay);
     }
 
     /// How many connection tasks and holds are alive.

@@ -15,6 +15,10 @@ pub const READY_FD_VAR: &str = "OCTOPUS_READY_FD";
 /// The pid of the process that started this one.
 pub const PARENT_PID_VAR: &str = "OCTOPUS_PARENT_PID";
 
+/// Names the new process's end of the channel on which the old process relays its idle
+/// keep-alive connections (see `relay`); optional.
+pub const RELAY_FD_VAR: &str = "OCTOPUS_RELAY_FD";
+
 /// The pid of the process the hand-over is for: the new process itself.
 pub const PID_VAR: &str = "OCTOPUS_PID";
 
@@ -25,9 +29,10 @@ pub const GENERATION_VAR: &str = "OCTOPUS_GENERATION";
 
 /// Every variable an old process sets for its successor: stripped from the environment a
 /// successor inherits, before the fresh ones are set.
-pub const ALL_VARS: [&str; 6] = [
+pub const ALL_VARS: [&str; 7] = [
     LISTENERS_VAR,
     READY_FD_VAR,
+    RELAY_FD_VAR,
     PARENT_PID_VAR,
     PID_VAR,
     GENERATION_VAR,
@@ -85,15 +90,18 @@ pub(crate) fn generation() -> u64 {
 pub(crate) struct Handover {
     pub listeners: Vec<(RawFd, ListenerKey)>,
     pub ready_fd: RawFd,
+    /// The successor's end of the relay channel, if the old process made one.
+    pub relay_fd: Option<RawFd>,
     pub parent_pid: u32,
 }
 
 impl Handover {
-    /// The hand-over of this process's `listeners` and the readiness pipe's write end, to a
-    /// successor that finds them at the same fd numbers.
+    /// The hand-over of this process's `listeners`, the readiness pipe's write end and the relay
+    /// channel's end, to a successor that finds them at the same fd numbers.
     pub fn from_this_process(
         listeners: &[(ListenerKey, BorrowedFd<'_>)],
         ready: BorrowedFd<'_>,
+        relay: Option<BorrowedFd<'_>>,
     ) -> Handover {
         Handover {
             listeners: listeners
@@ -101,23 +109,28 @@ impl Handover {
                 .map(|(key, fd)| (fd.as_raw_fd(), key.clone()))
                 .collect(),
             ready_fd: ready.as_raw_fd(),
+            relay_fd: relay.map(|fd| fd.as_raw_fd()),
             parent_pid: std::process::id(),
         }
     }
 
     /// The variables to set in the successor's environment.
-    pub fn to_env(&self) -> [(&'static str, String); 3] {
+    pub fn to_env(&self) -> Vec<(&'static str, String)> {
         let listeners = self
             .listeners
             .iter()
             .map(|(fd, key)| format!("{fd}={}", escape(&key.to_string())))
             .collect::<Vec<_>>()
             .join(";");
-        [
+        let mut vars = vec![
             (LISTENERS_VAR, listeners),
             (READY_FD_VAR, self.ready_fd.to_string()),
             (PARENT_PID_VAR, self.parent_pid.to_string()),
-        ]
+        ];
+        if let Some(fd) = self.relay_fd {
+            vars.push((RELAY_FD_VAR, fd.to_string()));
+        }
+        vars
     }
 
     /// Reads the protocol through `lookup` (the process environment in production), as the
@@ -159,6 +172,21 @@ impl Handover {
             .filter(|pid| *pid > 0)
             .ok_or_else(|| malformed(PARENT_PID_VAR, text[2], "not a process id"))?;
         let listeners = parse_listeners(text[0], ready_fd)?;
+        let relay_fd = match lookup(RELAY_FD_VAR) {
+            None => None,
+            Some(value) => {
+                let text = value.to_string_lossy();
+                let fd = parse_fd(RELAY_FD_VAR, &text, &text)?;
+                if fd == ready_fd || listeners.iter().any(|(l, _)| *l == fd) {
+                    return Err(malformed(
+                        RELAY_FD_VAR,
+                        &text,
+                        &format!("fd {fd} is also {READY_FD_VAR} or a listener's"),
+                    ));
+                }
+                Some(fd)
+            }
+        };
         let meant_for = match lookup(PID_VAR) {
             None => None,
             Some(value) => Some(
@@ -178,6 +206,7 @@ impl Handover {
         Ok(Some(Handover {
             listeners,
             ready_fd,
+            relay_fd,
             parent_pid,
         }))
     }
@@ -305,11 +334,11 @@ fn malformed(var: &'static str, value: &str, reason: &str) -> InheritError {
     }
 }
 
-fn escape(key: &str) -> String {
+pub(crate) fn escape(key: &str) -> String {
     key.replace('%', "%25").replace(';', "%3B")
 }
 
-fn unescape(key: &str) -> Option<String> {
+pub(crate) fn unescape(key: &str) -> Option<String> {
     let mut out = String::with_capacity(key.len());
     let mut rest = key;
     while let Some(at) = rest.find('%') {
@@ -362,6 +391,7 @@ mod tests {
                 (7, ListenerKey::tcp("[::1]:8080")),
             ],
             ready_fd: 5,
+            relay_fd: Some(6),
             parent_pid: 4242,
         }
     }
@@ -377,6 +407,24 @@ mod tests {
         let env = handover.to_env();
         let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         assert_eq!(parse(&vars), Ok(Some(handover)));
+    }
+
+    #[test]
+    fn a_relay_fd_that_is_also_another_fd_is_malformed() {
+        let err = parse(&[
+            (LISTENERS_VAR, "3=tcp:127.0.0.1:0"),
+            (READY_FD_VAR, "5"),
+            (PARENT_PID_VAR, "4242"),
+            (RELAY_FD_VAR, "3"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains(RELAY_FD_VAR), "{err}");
+        let without = parse(&[
+            (LISTENERS_VAR, "3=tcp:127.0.0.1:0"),
+            (READY_FD_VAR, "5"),
+            (PARENT_PID_VAR, "4242"),
+        ]);
+        assert_eq!(without.unwrap().unwrap().relay_fd, None);
     }
 
     #[test]
@@ -557,6 +605,7 @@ mod properties {
                         .then(|| Handover {
                             listeners: listeners.into_iter().collect(),
                             ready_fd,
+                            relay_fd: (parent_pid % 2 == 0).then_some(2_000_001),
                             parent_pid,
                         })
                 },

@@ -135,6 +135,37 @@ pub(crate) unsafe fn adopt_ready_pipe(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Validates `fd` as this process's end of the relay channel (a Unix socket of the relay's
+/// type) and takes ownership of it, non-blocking.
+///
+/// # Safety
+///
+/// As [`adopt_listener`].
+pub(crate) unsafe fn adopt_relay_channel(
+    var: &'static str,
+    fd: RawFd,
+) -> Result<OwnedFd, InheritError> {
+    let bad = |problem: String| InheritError::BadFd { var, fd, problem };
+    let borrowed = borrow_open(fd).map_err(bad)?;
+    expect_type(borrowed, FileType::Socket).map_err(bad)?;
+    let socket = SockRef::from(&borrowed);
+    let unix = socket
+        .domain()
+        .map_err(|e| bad(format!("cannot be queried ({e})")))?
+        == socket2::Domain::UNIX;
+    let expected = Type::from(crate::relay::CHANNEL_TYPE.as_raw() as i32);
+    if !unix || socket_type(borrowed).map_err(bad)? != expected {
+        return Err(bad("is not the Unix socket pair of a relay channel".into()));
+    }
+    rustix::io::fcntl_setfd(borrowed, FdFlags::CLOEXEC)
+        .map_err(|e| bad(format!("cannot be made close-on-exec ({e})")))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| bad(format!("cannot be made non-blocking ({e})")))?;
+    // SAFETY: the fd is open (checked above) and the caller guarantees nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 fn borrow_open(fd: RawFd) -> Result<BorrowedFd<'static>, String> {
     // SAFETY: F_GETFD is defined for any integer (it fails with EBADF on a closed fd), and the
     // borrow is only used for queries until the caller takes ownership of the fd.

@@ -5,13 +5,14 @@
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::{Accept, accept_loop, accept_queued};
-use crate::drain::{DEFAULT_DRAIN_TIMEOUT, Drain, DrainReport, Draining};
+use crate::drain::{DEFAULT_DRAIN_TIMEOUT, Drain, DrainReport, Draining, Hold};
 use crate::error::Error;
 use crate::lifecycle::{Octopus, Reported, Stop};
 
@@ -98,13 +99,47 @@ where
         }
         // Handed over: the successor accepts on the same sockets. Keep them: if it dies while
         // this process drains, `resumed` fires and this process serves them again.
+        let relay = octopus.relay();
+        if let Some(relay) = &relay {
+            drain.relay_to(relay.clone());
+        }
+        // Connections the previous process still relays are this drain's too: it lasts until
+        // that process is done relaying, or until its deadline.
+        let predecessor = listeners
+            .iter()
+            .any(|served| served.listener.relays())
+            .then(|| drain.hold());
         let mut draining = tokio::spawn({
             let drain = drain.clone();
-            async move { drain.run(drain_timeout).await }
+            async move {
+                let report = drain.run(drain_timeout).await;
+                if let Some(relay) = relay {
+                    tracing::info!(
+                        connections = relay.sent(),
+                        "relayed idle connections to the new process"
+                    );
+                }
+                report
+            }
         });
-        tokio::select! {
-            report = &mut draining => break report.unwrap_or_default(),
-            () = octopus.resumed() => {
+        let resumed = {
+            let relayed = serve_relayed(&mut listeners, &drain, predecessor);
+            tokio::pin!(relayed);
+            let mut relayed_done = false;
+            loop {
+                tokio::select! {
+                    report = &mut draining => break Err(report.unwrap_or_default()),
+                    () = octopus.resumed() => break Ok(()),
+                    () = &mut relayed, if !relayed_done => relayed_done = true,
+                }
+            }
+        };
+        match resumed {
+            Err(report) => {
+                octopus.forget_relay();
+                break report;
+            }
+            Ok(()) => {
                 octopus.note_drain(None);
                 earlier_drains.push(draining);
                 drain = Drain::new();
@@ -123,6 +158,53 @@ where
         "server shut down"
     );
     Ok(report)
+}
+
+/// Serves the connections relayed to this generation after it stopped accepting, as part of
+/// `drain`, until none can come (`predecessor`, the drain's token for them, is then let go) or
+/// the drain deadline.
+async fn serve_relayed<L, F>(
+    listeners: &mut [Served<L, F>],
+    drain: &Drain,
+    predecessor: Option<Hold>,
+) where
+    L: Accept,
+    F: FnMut(L::Stream, L::Peer, &Drain) + Send + 'static,
+{
+    let Some(predecessor) = predecessor else {
+        return;
+    };
+    let cut = predecessor.cut();
+    tokio::pin!(cut);
+    loop {
+        // Borrowed mutably, so that the task needs the closures to be `Send` only.
+        let polled = &mut *listeners;
+        let next = std::future::poll_fn(|cx| {
+            let mut open = false;
+            for (index, served) in polled.iter_mut().enumerate() {
+                match served.listener.poll_relayed(cx) {
+                    Poll::Ready(Some(relayed)) => return Poll::Ready(Some((index, relayed))),
+                    Poll::Ready(None) => {}
+                    Poll::Pending => open = true,
+                }
+            }
+            if open {
+                Poll::Pending
+            } else {
+                Poll::Ready(None)
+            }
+        });
+        let next = tokio::select! {
+            biased;
+            () = &mut cut => return,
+            next = next => next,
+        };
+        match next {
+            Some((index, Ok((stream, peer)))) => (listeners[index].connection)(stream, peer, drain),
+            Some((_, Err(_))) => {}
+            None => return,
+        }
+    }
 }
 
 /// A listening socket [`Connections`] can serve: those [`Octopus::listen_tcp`],

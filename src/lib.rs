@@ -69,15 +69,18 @@
 //!  old process (pid 100)                          new process (pid 200)
 //!  ─────────────────────                          ─────────────────────
 //!  serving on fd 3 (tcp:127.0.0.1:8080)
-//!  SIGHUP ──► pipe(); spawn argv[0] ────────────► same argv, cwd and env, plus
-//!             fds 3 and 5 cross exec               OCTOPUS_LISTENERS=3=tcp:127.0.0.1:8080
-//!             (everything else is close-on-exec)   OCTOPUS_READY_FD=5  OCTOPUS_PARENT_PID=100
+//!  SIGHUP ──► pipe(), socketpair();               same argv, cwd and env, plus
+//!             spawn argv[0] ─────────────────────► OCTOPUS_LISTENERS=3=tcp:127.0.0.1:8080
+//!             fds 3, 5 and 6 cross exec            OCTOPUS_READY_FD=5  OCTOPUS_RELAY_FD=6
+//!             (everything else is close-on-exec)   OCTOPUS_PARENT_PID=100
 //!  still accepting on fd 3   ◄──── one kernel socket, one accept queue ────► adopts fd 3, checks it,
 //!                                                  writes the pid file (nothing accepted yet)
-//!  reads "ready" from the pipe ◄──────────────────  writes "ready" to fd 5 (Octopus::ready)
+//!  reads the offer and "ready" ◄──────────────────  offers on fd 6 to take HTTP connections,
+//!                                                  writes "ready" to fd 5 (Octopus::ready)
 //!  stops accepting; drains: in-flight requests     starts accepting: connections queued
-//!  finish, keep-alive clients get Connection:      meanwhile wait in the kernel, none refused
-//!  close, HTTP/2 gets GOAWAY; exits 0             serving alone
+//!  finish, idle keep-alive connections are         meanwhile wait in the kernel, none refused;
+//!  relayed on fd 6 (never closed), HTTP/2 gets ──► serves the relayed connections too
+//!  GOAWAY; exits 0                                 serving alone
 //!
 //!  If the new process exits, crashes, closes the pipe or is not ready within
 //!  `upgrade_timeout`: it is stopped if needed (SIGTERM, then SIGKILL after the drain
@@ -126,6 +129,7 @@ mod pidfile;
 mod process;
 mod protocol;
 mod readiness;
+mod relay;
 mod serve;
 mod signals;
 mod stream;

@@ -15,7 +15,7 @@ use crate::activation::{self, Activated};
 use crate::config::OctopusBuilder;
 use crate::control::{self, Facts, Gate, ListenerStats};
 use crate::drain::{DEFAULT_DRAIN_TIMEOUT, DrainReport};
-use crate::env::{Handover, LISTENERS_VAR, READY_FD_VAR};
+use crate::env::{Handover, LISTENERS_VAR, READY_FD_VAR, RELAY_FD_VAR};
 use crate::error::{Error, UpgradeError, WithCauses};
 use crate::fds;
 use crate::key::ListenerKey;
@@ -24,6 +24,7 @@ use crate::notify;
 use crate::pidfile;
 use crate::process::{ChildProcess, OsChild, OsSpawner, StartInfo};
 use crate::readiness;
+use crate::relay;
 use crate::signals::{self, Action};
 pub use crate::upgrade::AfterUpgrade;
 use crate::upgrade::Upgrader;
@@ -87,6 +88,8 @@ enum Decision {
 struct Parent {
     pid: u32,
     ready_pipe: OwnedFd,
+    /// Where the parent's idle connections come from, if it made a relay channel.
+    inbox: Option<relay::Inbox>,
 }
 
 /// Whether an [`Octopus`] made by [`Octopus::new`] is alive in this process.
@@ -102,6 +105,8 @@ pub(crate) struct Inner {
     parent: Mutex<Option<Parent>>,
     state: watch::Sender<State>,
     cancel_upgrade: CancellationToken,
+    /// The channel to the successor this process handed over to, if it takes connections.
+    relay: Mutex<Option<Arc<relay::Relay>>>,
     pre_drain: std::time::Duration,
     /// Holds the process's one instance slot, freed when this is dropped.
     owns_instance: bool,
@@ -268,6 +273,7 @@ impl Octopus {
             parent: Mutex::new(parent),
             state: watch::Sender::new(State::Starting),
             cancel_upgrade: CancellationToken::new(),
+            relay: Mutex::new(None),
             pre_drain: config.pre_drain,
             owns_instance,
         });
@@ -354,7 +360,7 @@ impl Octopus {
     pub(crate) fn report_ready(&self) -> Result<Reported, Error> {
         let inner = &self.inner;
         inner.registry.close_unused_inherited();
-        let parent = lock(&inner.parent).take();
+        let mut parent = lock(&inner.parent).take();
         let declined = Reported::Declined {
             parent_serves: parent.is_some(),
         };
@@ -373,7 +379,11 @@ impl Octopus {
                 pidfile::remove_if_names(path, me);
             }
         };
-        if let Some(parent) = &parent {
+        if let Some(parent) = &mut parent {
+            // Before "ready", which is when the parent reads it.
+            if let Some(inbox) = parent.inbox.take() {
+                inbox.open();
+            }
             if let Err(e) = readiness::wait_writable(&parent.ready_pipe) {
                 forget_pid_file();
                 return Err(Error::Ready(e));
@@ -475,6 +485,25 @@ impl Octopus {
     }
 
     /// Counts the connections of the listener at `address` for the control socket's `status`.
+    /// The connections the process this one replaces will relay for the listener `key`, if it
+    /// made a relay channel; asked for before [`Octopus::report_ready`], which offers them.
+    pub(crate) fn relayed(&self, key: &ListenerKey) -> Option<relay::Route> {
+        let mut parent = lock(&self.inner.parent);
+        let inbox = parent.as_mut()?.inbox.as_mut()?;
+        Some(inbox.route(key.to_string()))
+    }
+
+    /// The successor this process handed over to, if it takes connections.
+    pub(crate) fn relay(&self) -> Option<Arc<relay::Relay>> {
+        lock(&self.inner.relay).clone()
+    }
+
+    /// Lets go of the relay once the drain is over, so that the successor learns that no more
+    /// connections come even if this process lives on.
+    pub(crate) fn forget_relay(&self) {
+        lock(&self.inner.relay).take();
+    }
+
     pub(crate) fn track_listener(&self, address: String) -> Arc<ListenerStats> {
         self.inner.facts.track_listener(address)
     }
@@ -582,7 +611,7 @@ impl Handle {
             .upgrader
             .run(&permit, &inner.registry, &inner.cancel_upgrade, timeout)
             .await;
-        let successor = match ran {
+        let mut successor = match ran {
             Ok(successor) => successor,
             Err(e) => {
                 if let Some(pid) = e.new_pid() {
@@ -593,6 +622,11 @@ impl Handle {
         };
         let pid = successor.pid();
         let me = std::process::id();
+        // Read before the drain can start, which takes it.
+        let relay = match after {
+            AfterUpgrade::Exit => successor.take_relay().and_then(relay::Relay::from_offer),
+            AfterUpgrade::KeepServing => None,
+        };
         let mut decision = Decision::ShutdownFirst;
         inner.state.send_if_modified(|state| {
             if *state != State::Serving {
@@ -601,6 +635,7 @@ impl Handle {
             match after {
                 AfterUpgrade::Exit => {
                     decision = Decision::HandOver;
+                    *lock(&inner.relay) = relay.clone();
                     *state = State::Stopping(Stop::Upgraded { pid });
                     true
                 }
@@ -815,6 +850,7 @@ async fn watch_successor(inner: Arc<Inner>, mut child: OsChild) {
         && inner.state.send_if_modified(|state| {
             let handed_over = *state == State::Stopping(Stop::Upgraded { pid });
             if handed_over {
+                *lock(&inner.relay) = None;
                 *state = State::Serving;
             }
             handed_over
@@ -852,6 +888,12 @@ fn adopt(handover: Handover) -> Result<Inherited, Error> {
     }
     // SAFETY: as above; the parser rejects a ready fd that is also a listener's.
     let ready_pipe = unsafe { fds::adopt_ready_pipe(READY_FD_VAR, handover.ready_fd) }?;
+    let inbox = match handover.relay_fd {
+        // SAFETY: as above; the parser rejects a relay fd that is also another fd it names.
+        Some(fd) => Some(unsafe { fds::adopt_relay_channel(RELAY_FD_VAR, fd) }?),
+        None => None,
+    }
+    .map(relay::Inbox::new);
     let actual_parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32);
     if actual_parent != Some(handover.parent_pid) {
         tracing::warn!(
@@ -870,6 +912,7 @@ fn adopt(handover: Handover) -> Result<Inherited, Error> {
         parent: Parent {
             pid: handover.parent_pid,
             ready_pipe,
+            inbox,
         },
     })
 }
@@ -896,6 +939,7 @@ mod tests {
         let parent = Parent {
             pid: 1,
             ready_pipe: write,
+            inbox: None,
         };
         let start = start_info("/bin/false", &[]);
         let octopus = Octopus::assemble(config, Vec::new(), Vec::new(), Some(parent), start, false);

@@ -4,7 +4,7 @@
 use std::ffi::{CString, OsString};
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::ExitStatus;
@@ -18,7 +18,7 @@ use crate::key::ListenerKey;
 use crate::readiness;
 
 #[cfg(target_os = "linux")]
-mod ready_slot;
+mod low_slot;
 #[cfg(target_os = "linux")]
 mod vfork;
 
@@ -95,6 +95,8 @@ pub(crate) type ReadyFuture = Pin<Box<dyn Future<Output = io::Result<bool>> + Se
 pub(crate) struct Spawned<C> {
     pub child: C,
     pub ready: ReadyFuture,
+    /// This process's end of the relay channel, if one was made.
+    pub relay: Option<OwnedFd>,
 }
 
 /// A running successor process.
@@ -122,20 +124,22 @@ pub(crate) trait Spawner: Send + Sync + 'static {
 /// [`vfork`]), `fork` + `execve` elsewhere.
 #[derive(Debug, Default)]
 pub(crate) struct OsSpawner {
-    /// Where the readiness pipe goes, below the connections' fds ([`ready_slot`]).
+    /// Where the readiness pipe and the relay channel go, below the connections' fds
+    /// ([`low_slot`]).
     #[cfg(target_os = "linux")]
-    ready_slot: Option<ready_slot::ReadySlot>,
+    low_slots: Option<[low_slot::LowSlot; 2]>,
 }
 
 impl OsSpawner {
-    /// A spawner with the readiness pipe's low fd reserved now: called when the process has
-    /// opened few fds yet. Without one (no fd to spare) upgrades work the same, only slower
-    /// from a process with many open connections.
+    /// A spawner with the low fds of the readiness pipe and the relay channel reserved now:
+    /// called when the process has opened few fds yet. Without them (no fd to spare) upgrades
+    /// work the same, only slower from a process with many open connections.
     pub(crate) fn reserving() -> OsSpawner {
         OsSpawner {
             #[cfg(target_os = "linux")]
-            ready_slot: ready_slot::ReadySlot::reserve()
-                .inspect_err(|e| tracing::debug!("no low fd kept for the readiness pipe: {e}"))
+            low_slots: low_slot::LowSlot::reserve()
+                .and_then(|ready| Ok([ready, low_slot::LowSlot::reserve()?]))
+                .inspect_err(|e| tracing::debug!("no low fds kept for the upgrade's fds: {e}"))
                 .ok(),
         }
     }
@@ -269,23 +273,42 @@ impl Spawner for OsSpawner {
         listeners: &[(ListenerKey, BorrowedFd<'_>)],
     ) -> io::Result<Spawned<OsChild>> {
         let (ready_read, ready_write) = readiness::pipe()?;
+        // Without a channel the successor still serves; only its predecessor's idle connections
+        // are closed instead of relayed.
+        let relay = crate::relay::channel()
+            .inspect_err(|e| tracing::debug!("no relay channel for this upgrade: {e}"))
+            .ok();
         #[cfg(target_os = "linux")]
-        let held = match &self.ready_slot {
-            Some(slot) => Some(slot.hold(ready_write.as_fd())?),
+        let held = match &self.low_slots {
+            Some([ready_slot, relay_slot]) => Some((
+                ready_slot.hold(ready_write.as_fd())?,
+                match &relay {
+                    Some((_, theirs)) => Some(relay_slot.hold(theirs.as_fd())?),
+                    None => None,
+                },
+            )),
             None => None,
         };
         #[cfg(target_os = "linux")]
-        let ready_fd = held
-            .as_ref()
-            .map_or(ready_write.as_fd(), |held| held.as_fd());
+        let (ready_fd, relay_fd) = match &held {
+            Some((ready, relay)) => (ready.as_fd(), relay.as_ref().map(|held| held.as_fd())),
+            None => (
+                ready_write.as_fd(),
+                relay.as_ref().map(|(_, theirs)| theirs.as_fd()),
+            ),
+        };
         #[cfg(not(target_os = "linux"))]
-        let ready_fd = ready_write.as_fd();
-        let handover = Handover::from_this_process(listeners, ready_fd);
+        let (ready_fd, relay_fd) = (
+            ready_write.as_fd(),
+            relay.as_ref().map(|(_, theirs)| theirs.as_fd()),
+        );
+        let handover = Handover::from_this_process(listeners, ready_fd, relay_fd);
         let inherit: Vec<RawFd> = handover
             .listeners
             .iter()
             .map(|(fd, _)| *fd)
             .chain([handover.ready_fd])
+            .chain(handover.relay_fd)
             .collect();
         let environment = successor_environment(std::env::vars_os(), &handover);
         let exec = Exec::new(start, environment)?;
@@ -300,6 +323,7 @@ impl Spawner for OsSpawner {
                 exit: ExitWatch::new(pid),
             },
             ready: Box::pin(readiness::wait_ready(ready_read)),
+            relay: relay.map(|(mine, _)| mine),
         })
     }
 }
@@ -582,6 +606,7 @@ mod tests {
         let handover = Handover {
             listeners: vec![(3, ListenerKey::udp("[::1]:0"))],
             ready_fd: 4,
+            relay_fd: None,
             parent_pid: 500,
         };
         let current = stale.iter().map(|(k, v)| (k.into(), v.into()));

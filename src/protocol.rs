@@ -161,8 +161,9 @@ pin_project_lite::pin_project! {
         },
         Http1 { #[pin] connection: http1::UpgradeableConnection<TokioIo<IO>, S> },
         Http2 { #[pin] connection: Http2<IO, S> },
-        /// Told to shut down before its protocol was known.
-        Closed,
+        /// Told to shut down before its protocol was known: its stream is shut down (or relayed,
+        /// see `UpgradableIo`), then dropped.
+        Closing { stream: Option<IO> },
     }
 }
 
@@ -184,13 +185,16 @@ where
     }
 
     /// Stops taking requests: HTTP/1 closes once the response in progress is written, HTTP/2
-    /// sends GOAWAY; a connection whose protocol is not known yet ends.
+    /// sends GOAWAY; a connection whose protocol is not known yet has its stream shut down.
     pub fn graceful_shutdown(mut self: Pin<&mut Self>) {
         match self.as_mut().project() {
-            HttpProj::Detecting { .. } => self.set(HttpConnection::Closed),
+            HttpProj::Detecting { parts, .. } => {
+                let stream = parts.take().map(|(stream, ..)| stream);
+                self.set(HttpConnection::Closing { stream });
+            }
             HttpProj::Http1 { connection } => connection.graceful_shutdown(),
             HttpProj::Http2 { connection } => connection.graceful_shutdown(),
-            HttpProj::Closed => {}
+            HttpProj::Closing { .. } => {}
         }
     }
 }
@@ -209,7 +213,14 @@ where
         let (stream, service, builders, protocol) = match self.as_mut().project() {
             HttpProj::Http1 { connection } => return connection.poll(cx).map_err(Into::into),
             HttpProj::Http2 { connection } => return connection.poll(cx).map_err(Into::into),
-            HttpProj::Closed => return Poll::Ready(Ok(())),
+            HttpProj::Closing { stream } => {
+                if let Some(open) = stream {
+                    // Its end is the connection's end, whatever the shutdown says.
+                    let _ = ready!(Pin::new(open).poll_shutdown(cx));
+                    *stream = None;
+                }
+                return Poll::Ready(Ok(()));
+            }
             HttpProj::Detecting { parts, timeout } => {
                 let Some((stream, ..)) = parts.as_mut() else {
                     return Poll::Ready(Ok(()));

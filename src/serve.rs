@@ -3,6 +3,7 @@
 
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,14 +12,16 @@ use std::time::Duration;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::accept::Accept;
-use crate::connection::{HttpService, serve_connection};
+use crate::connection::{Drained, HttpService, RelayTicket, serve_connection};
 use crate::control::ListenerStats;
 use crate::drain::{DEFAULT_DRAIN_TIMEOUT, Drain, DrainReport};
 use crate::error::Error;
 use crate::generation::{self, Served};
+use crate::key::ListenerKey;
 use crate::lifecycle::{Octopus, WeakHandle};
 use crate::peer::{Peer, PeerAddr};
 use crate::protocol::Builders;
+use crate::relay::Relayed;
 use crate::stream::{AnyListener, AnyStream, InputProbe};
 #[cfg(feature = "tls")]
 use crate::tls::Handshake;
@@ -302,6 +305,10 @@ impl<O> Server<O> {
     /// A connection that has not sent its first request yet is not idle but about to: it is kept
     /// until that request, answered with `Connection: close`, or cut at the drain deadline.
     /// Default 1 s (always bounded by the drain timeout).
+    ///
+    /// After an upgrade, a plain HTTP/1 connection (TCP or Unix socket) needs no grace: it is
+    /// relayed to the new process, which answers its next request whenever it comes. The grace
+    /// applies on a shutdown, over TLS, and when the new process does not take connections.
     pub fn idle_grace(mut self, grace: Duration) -> Self {
         self.idle_grace = grace;
         self
@@ -342,11 +349,15 @@ impl<O> Server<O> {
         };
         let mut listeners = Vec::with_capacity(self.endpoints.len());
         for endpoint in self.endpoints {
-            for (listener, tls) in open(&octopus, endpoint, self.unix_mode)? {
+            for Opened { listener, tls, key } in open(&octopus, endpoint, self.unix_mode)? {
                 let stats = octopus.track_listener(listener.describe());
+                // Only plain HTTP is relayed: a TLS session cannot leave this process's memory.
+                let key = key.filter(|_| tls.is_none());
+                let route = key.as_ref().and_then(|key| octopus.relayed(key));
+                let relay_key = key.map(|key| Arc::<str>::from(key.to_string()));
                 listeners.push(Served {
-                    listener,
-                    connection: http.connection(tls, stats),
+                    listener: Relayed { listener, route },
+                    connection: http.connection(tls, stats, relay_key),
                 });
             }
         }
@@ -386,6 +397,7 @@ impl<S: HttpService> Http<S> {
         &self,
         tls: Option<Handshake>,
         stats: Arc<ListenerStats>,
+        relay_key: Option<Arc<str>>,
     ) -> impl FnMut(AnyStream, PeerAddr, &Drain) + Send + 'static + use<S> {
         let builder = self.builder.clone();
         let service = self.service.clone();
@@ -399,13 +411,20 @@ impl<S: HttpService> Http<S> {
             match tls.clone() {
                 None => {
                     let input = InputProbe::of(&stream);
+                    let relay = relay_key.clone().map(|key| RelayTicket {
+                        key,
+                        socket: stream.as_raw_fd(),
+                    });
                     tokio::spawn(serve_connection(
                         &builder,
                         stream,
                         service.clone(),
-                        hold,
-                        draining,
-                        idle_grace,
+                        Drained {
+                            hold,
+                            draining,
+                            idle_grace,
+                            relay,
+                        },
                         slot,
                         Peer::new(peer),
                         input,
@@ -426,9 +445,14 @@ impl<S: HttpService> Http<S> {
                             Ok(stream) => {
                                 let peer = Peer::tls(peer, stream.get_ref().1);
                                 let input = InputProbe::of(stream.get_ref().0);
+                                let drained = Drained {
+                                    hold,
+                                    draining,
+                                    idle_grace,
+                                    relay: None,
+                                };
                                 serve_connection(
-                                    &builder, stream, service, hold, draining, idle_grace, slot,
-                                    peer, input,
+                                    &builder, stream, service, drained, slot, peer, input,
                                 )
                                 .await
                             }
@@ -443,6 +467,14 @@ impl<S: HttpService> Http<S> {
     }
 }
 
+/// A listener [`open`] made.
+struct Opened {
+    listener: AnyListener,
+    tls: Option<Handshake>,
+    /// What the listener is handed over as; `None` for one this process alone serves.
+    key: Option<ListenerKey>,
+}
+
 /// Opens what an endpoint asks for, through `octopus` so it is handed over on upgrades: the
 /// listener and its TLS handshake if any, and for a Unix socket whose path was removed, also the
 /// inherited socket that lost it.
@@ -450,7 +482,7 @@ fn open(
     octopus: &Octopus,
     endpoint: Endpoint,
     unix_mode: Option<u32>,
-) -> Result<Vec<(AnyListener, Option<Handshake>)>, Error> {
+) -> Result<Vec<Opened>, Error> {
     let register = |source| Error::Io {
         what: "cannot register a listener with the runtime",
         source,
@@ -461,9 +493,13 @@ fn open(
             .map_err(register)
     };
     let mut opened = Vec::with_capacity(1);
-    let (listener, tls) = match endpoint {
-        Endpoint::Tcp(address) => (tcp(octopus.listen_tcp(&address)?)?, None),
-        Endpoint::Listener(listener) => (tcp(listener)?, None),
+    let (listener, tls, key) = match endpoint {
+        Endpoint::Tcp(address) => (
+            tcp(octopus.listen_tcp(&address)?)?,
+            None,
+            Some(ListenerKey::tcp(address)),
+        ),
+        Endpoint::Listener(listener) => (tcp(listener)?, None, None),
         Endpoint::Unix(path) => {
             let (listener, unreachable) =
                 octopus.listen_unix_keeping_unreachable(&path, unix_mode)?;
@@ -475,9 +511,14 @@ fn open(
             // Connections queued on a socket whose path was removed are still served, by this
             // generation only: none can join them, so the queue is empty by the next hand-over.
             if let Some(unreachable) = unreachable {
-                opened.push((unix(unreachable)?, None));
+                opened.push(Opened {
+                    listener: unix(unreachable)?,
+                    tls: None,
+                    key: None,
+                });
             }
-            (unix(listener)?, None)
+            let key = ListenerKey::unix(path.to_string_lossy());
+            (unix(listener)?, None, Some(key))
         }
         #[cfg(feature = "tls")]
         // Named apart from a plain listener on the same address, so that `-p 0` and a TLS port 0
@@ -485,10 +526,11 @@ fn open(
         Endpoint::Tls(address, config) => (
             tcp(octopus.listen_tcp_named(&format!("tls {address}"), &address)?)?,
             Some(Handshake::new(config)),
+            None,
         ),
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(scheme, "listening on {}", listener.describe());
-    opened.push((listener, tls));
+    opened.push(Opened { listener, tls, key });
     Ok(opened)
 }

@@ -1,7 +1,7 @@
 //! The kinds of socket a server accepts on: TCP and Unix domain stream sockets.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -67,6 +67,31 @@ impl Accept for AnyListener {
     }
 }
 
+impl AnyListener {
+    /// A connection accepted by the process this one replaced and relayed to this one, served
+    /// like one this listener accepted. Any error is the connection's own (it is skipped).
+    pub(crate) fn adopt(&self, socket: OwnedFd) -> io::Result<(AnyStream, PeerAddr)> {
+        let aborted = |_| io::Error::from(io::ErrorKind::ConnectionAborted);
+        match self {
+            AnyListener::Tcp(_) => {
+                let stream = std::net::TcpStream::from(socket);
+                stream.set_nonblocking(true).map_err(aborted)?;
+                let peer = stream.peer_addr().map_err(aborted)?;
+                let stream = TcpStream::from_std(stream)?;
+                let _ = stream.set_nodelay(true);
+                Ok((AnyStream::Tcp(stream), PeerAddr::Tcp(peer)))
+            }
+            AnyListener::Unix(_) => {
+                let stream = std::os::unix::net::UnixStream::from(socket);
+                stream.set_nonblocking(true).map_err(aborted)?;
+                let stream = UnixStream::from_std(stream)?;
+                let peer = stream.peer_addr().map_err(aborted)?;
+                Ok((AnyStream::Unix(stream), PeerAddr::Unix(peer)))
+            }
+        }
+    }
+}
+
 macro_rules! delegate {
     ($self:ident, $stream:ident => $call:expr) => {
         match $self.get_mut() {
@@ -74,6 +99,15 @@ macro_rules! delegate {
             AnyStream::Unix($stream) => $call,
         }
     };
+}
+
+impl AsRawFd for AnyStream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            AnyStream::Tcp(s) => s.as_raw_fd(),
+            AnyStream::Unix(s) => s.as_raw_fd(),
+        }
+    }
 }
 
 impl AsyncRead for AnyStream {
@@ -140,10 +174,7 @@ impl InputProbe {
     /// The probe of `stream`'s socket. Valid as long as `stream` is: asked only while the
     /// connection that owns `stream` runs.
     pub(crate) fn of(stream: &AnyStream) -> InputProbe {
-        InputProbe::Socket(match stream {
-            AnyStream::Tcp(s) => s.as_raw_fd(),
-            AnyStream::Unix(s) => s.as_raw_fd(),
-        })
+        InputProbe::Socket(stream.as_raw_fd())
     }
 
     /// Whether bytes, or the end of the stream, are waiting to be read.

@@ -8,6 +8,7 @@
 //! connections must drain them rather than drop them.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::process::ExitStatus;
 use std::time::Duration;
 
@@ -62,14 +63,21 @@ impl Drop for Permit {
 pub(crate) struct Successor<C: ChildProcess> {
     child: Option<C>,
     stop_grace: Duration,
+    relay: Option<OwnedFd>,
 }
 
 impl<C: ChildProcess> Successor<C> {
-    fn new(child: C, stop_grace: Duration) -> Self {
+    fn new(child: C, stop_grace: Duration, relay: Option<OwnedFd>) -> Self {
         Successor {
             child: Some(child),
             stop_grace,
+            relay,
         }
+    }
+
+    /// This process's end of the relay channel to the successor, if one was made.
+    pub fn take_relay(&mut self) -> Option<OwnedFd> {
+        self.relay.take()
     }
 
     pub fn pid(&self) -> u32 {
@@ -214,9 +222,13 @@ impl<S: Spawner> Upgrader<S> {
     ) -> Result<Successor<S::Child>, UpgradeError> {
         let timeout = timeout.unwrap_or(self.timeout);
         let spawned = registry.with_handover(|fds| self.spawner.spawn(&self.start, fds));
-        let Spawned { child, ready } = spawned.map_err(|source| self.spawn_error(source))?;
+        let Spawned {
+            child,
+            ready,
+            relay,
+        } = spawned.map_err(|source| self.spawn_error(source))?;
         let stop_grace = *self.stop_grace.lock().unwrap_or_else(|p| p.into_inner());
-        let mut successor = Successor::new(child, stop_grace);
+        let mut successor = Successor::new(child, stop_grace, relay);
         let pid = successor.pid();
         tracing::info!(
             pid,
@@ -427,6 +439,7 @@ mod tests {
                     record: self.record.clone(),
                 },
                 ready,
+                relay: None,
             })
         }
     }
@@ -671,7 +684,8 @@ mod tests {
                 .zip(&copies)
                 .map(|((key, _), fd)| (key.clone(), fd.as_fd()))
                 .collect();
-            let handover = crate::env::Handover::from_this_process(&handed, ready_write.as_fd());
+            let handover =
+                crate::env::Handover::from_this_process(&handed, ready_write.as_fd(), None);
             let mut env = crate::process::successor_environment(std::iter::empty(), &handover);
             env.push((crate::env::PID_VAR.into(), THREAD_PID.to_string().into()));
             // From here on the successor owns the copies and the write end, by number.
@@ -735,6 +749,7 @@ mod tests {
                     terminate: terminate_tx,
                 },
                 ready: Box::pin(crate::readiness::wait_ready(ready_read)),
+                relay: None,
             })
         }
     }

@@ -13,7 +13,7 @@
 //! The child starts on the parent's fd table too (`CLONE_FILES`) and copies only the part below
 //! the fds it is handed (`close_range` with `CLOSE_RANGE_UNSHARE`): the copy of a 10,000-entry
 //! table, and its closing in `execve`, cost as much as the old process has connections. The
-//! readiness pipe is kept low for that ([`super::ready_slot`]).
+//! readiness pipe is kept low for that ([`super::low_slot`]).
 //!
 //! No `posix_spawn`: the successor needs its own pid in its environment ([`super::Exec`]), which
 //! only code running in the child knows, and it must start with the upgrade signals ignored.

@@ -1,12 +1,13 @@
-//! A low fd number kept for the readiness pipe of every upgrade (Linux).
+//! A low fd number kept for an fd every upgrade makes and hands over (Linux): the readiness
+//! pipe's write end, the relay channel's end.
 //!
 //! The successor's child starts on the parent's own fd table and leaves it by keeping only the
 //! entries below the highest fd it is handed ([`super::vfork`]): the cost of its `execve` then
 //! does not grow with the connections the old process holds. Listeners are opened before any
-//! connection, so their numbers are low; the readiness pipe is made when an upgrade starts, when
-//! the lowest free numbers lie above every open connection. This slot, taken when the
-//! [`Octopus`](crate::Octopus) is built, holds a placeholder between upgrades and the pipe's
-//! write end during one.
+//! connection, so their numbers are low; the pipe and the channel are made when an upgrade
+//! starts, when the lowest free numbers lie above every open connection. A slot, taken when the
+//! [`Octopus`](crate::Octopus) is built, holds a placeholder between upgrades and the fd during
+//! one.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -16,18 +17,18 @@ use rustix::event::{EventfdFlags, eventfd};
 use rustix::io::{DupFlags, dup3};
 
 #[derive(Debug)]
-pub(crate) struct ReadySlot {
+pub(crate) struct LowSlot {
     slot: Mutex<OwnedFd>,
     /// What the slot holds between upgrades: putting it back takes no new fd, so it cannot fail
     /// for want of one and leave the pipe's write end open in this process.
     placeholder: OwnedFd,
 }
 
-impl ReadySlot {
-    pub(crate) fn reserve() -> io::Result<ReadySlot> {
+impl LowSlot {
+    pub(crate) fn reserve() -> io::Result<LowSlot> {
         let placeholder = eventfd(0, EventfdFlags::CLOEXEC)?;
         let slot = rustix::io::fcntl_dupfd_cloexec(&placeholder, 0)?;
-        Ok(ReadySlot {
+        Ok(LowSlot {
             slot: Mutex::new(slot),
             placeholder,
         })
@@ -44,7 +45,7 @@ impl ReadySlot {
     }
 }
 
-/// The slot while it holds an upgrade's pipe end.
+/// The slot while it holds an upgrade's fd.
 pub(crate) struct Held<'a> {
     slot: MutexGuard<'a, OwnedFd>,
     placeholder: BorrowedFd<'a>,
@@ -58,9 +59,9 @@ impl Held<'_> {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        // Closes this process's copy of the pipe end, so that the wait for "ready" sees the end
-        // of the pipe once the successor exits. dup3 onto an open number fails only if
-        // interrupted.
+        // Closes this process's copy of the fd, so that the wait for "ready" sees the end of the
+        // pipe once the successor exits (and the relay's end of the channel, once it is gone).
+        // dup3 onto an open number fails only if interrupted.
         let _ =
             rustix::io::retry_on_intr(|| dup3(self.placeholder, &mut self.slot, DupFlags::CLOEXEC));
     }
@@ -73,7 +74,7 @@ mod tests {
 
     #[test]
     fn the_slot_keeps_its_number_and_lets_the_pipe_end_go() {
-        let slot = ReadySlot::reserve().unwrap();
+        let slot = LowSlot::reserve().unwrap();
         let number = slot.slot.lock().unwrap().as_raw_fd();
         let (read, write) = crate::readiness::pipe().unwrap();
         let held = slot.hold(write.as_fd()).unwrap();

@@ -1,0 +1,192 @@
+//! Upgrades relay idle keep-alive connections to the new process instead of closing them: no
+//! close, so no request crossing a close, and a client never has to reconnect.
+
+mod support;
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use rustix::process::Signal;
+use support::*;
+
+/// One keep-alive exchange on `stream`: the reply, with its head lower-cased.
+fn exchange(stream: &mut (impl Read + Write), path: &str) -> Reply {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).expect("a reply, not an error");
+        assert!(n > 0, "the connection closed instead of answering {path}");
+        raw.extend_from_slice(&chunk[..n]);
+        if let Ok(reply) = parse(&raw) {
+            if reply.body.len() >= content_length(&reply.headers) {
+                return reply;
+            }
+        }
+    }
+}
+
+fn content_length(headers: &str) -> usize {
+    headers
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// The pid answering `/pid` on the open connection `stream`, which stays open: the reply does
+/// not ask the client to close.
+fn pid_keeping_alive(stream: &mut (impl Read + Write)) -> u32 {
+    let reply = exchange(stream, "/pid");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        !reply.headers.contains("connection: close"),
+        "a keep-alive reply: {reply:?}"
+    );
+    reply.body.trim().parse().unwrap()
+}
+
+/// Whether the server closed `stream` (an end of stream waits to be read).
+fn closed_by_server(stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let closed = match stream.peek(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => panic!("bytes nobody asked for"),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+        Err(_) => true,
+    };
+    stream.set_nonblocking(false).unwrap();
+    closed
+}
+
+#[test]
+fn an_idle_connection_outlives_the_old_process_and_a_request_sent_in_transit_is_answered() {
+    let mut server = Hello::start(LOCAL);
+    let port = server.port();
+    let old = server.first_pid();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(pid_keeping_alive(&mut stream), old);
+
+    signal(old, Signal::HUP);
+    let new = field(&server.wait_for(&["new process ready"]), "pid");
+    // Frozen, the new process takes nothing off the channel: the connection is in transit, held
+    // by no process's accept loop, when the old process exits and the request is sent.
+    kill(new, Signal::STOP);
+    assert!(server.wait_first_exit().success());
+    assert!(is_gone(old) || state(old) == Some('Z'));
+    assert!(
+        !closed_by_server(&stream),
+        "the old process exited without closing the connection"
+    );
+    write!(stream, "GET /pid HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    kill(new, Signal::CONT);
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 256];
+    while parse(&raw).map_or(true, |reply| reply.body.is_empty()) {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed instead of answering");
+        raw.extend_from_slice(&chunk[..n]);
+    }
+    let reply = parse(&raw).unwrap();
+    assert_eq!(reply.body.trim(), new.to_string(), "{reply:?}");
+    // And the connection goes on as any other of the new process.
+    assert_eq!(pid_keeping_alive(&mut stream), new);
+    assert_eq!(pid_keeping_alive(&mut stream), new);
+}
+
+/// `status` from the control socket at `path`: one JSON line.
+fn status(path: &Path) -> String {
+    let mut stream = UnixStream::connect(path).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(b"{\"v\":1,\"cmd\":\"status\"}\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    line
+}
+
+#[test]
+fn a_request_in_flight_during_the_upgrade_gets_a_keep_alive_reply_and_its_connection_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("control.sock");
+    let mut server = Hello::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--control",
+        control.to_str().unwrap(),
+    ]);
+    let port = server.port();
+    let old = server.first_pid();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(pid_keeping_alive(&mut stream), old);
+    write!(
+        stream,
+        "GET /sleep?ms=1500 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .unwrap();
+    eventually("the slow request is in flight in the old process", || {
+        status(&control).contains("\"in_flight\":1")
+    });
+
+    signal(old, Signal::HUP);
+    let new = field(&server.wait_for(&["new process ready"]), "pid");
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 256];
+    while parse(&raw).map_or(true, |reply| !reply.body.ends_with('\n')) {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed instead of answering");
+        raw.extend_from_slice(&chunk[..n]);
+    }
+    let reply = parse(&raw).unwrap();
+    assert_eq!(reply.body, "slept 1500\n");
+    assert!(
+        !reply.headers.contains("connection: close"),
+        "the client is not sent away: {reply:?}"
+    );
+    assert!(server.wait_first_exit().success());
+    assert_eq!(pid_keeping_alive(&mut stream), new);
+}
+
+#[test]
+fn a_unix_socket_connection_is_relayed_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hello.sock");
+    let mut server = Hello::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--unix",
+        path.to_str().unwrap(),
+    ]);
+    let old = server.first_pid();
+    // Every listener is bound before the process reports ready.
+    server.wait_for(&["server started"]);
+    let mut stream = UnixStream::connect(&path).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(pid_keeping_alive(&mut stream), old);
+    signal(old, Signal::HUP);
+    let new = field(&server.wait_for(&["new process ready"]), "pid");
+    assert!(server.wait_first_exit().success());
+    assert_eq!(pid_keeping_alive(&mut stream), new);
+}
+
+#[test]
+fn a_shutdown_still_closes_idle_connections_once_their_grace_is_over() {
+    let mut server = Hello::start(&["-h", "127.0.0.1", "-p", "0", "--idle-grace", "0.2"]);
+    let port = server.port();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    pid_keeping_alive(&mut stream);
+    signal(server.first_pid(), Signal::TERM);
+    assert!(server.wait_first_exit().success());
+    let mut rest = Vec::new();
+    stream
+        .read_to_end(&mut rest)
+        .expect("closed, with no successor to take it");
+    assert!(rest.is_empty());
+}
