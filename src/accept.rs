@@ -30,6 +30,10 @@ pub trait Accept: Send + Sync + 'static {
     /// The address it listens on, for logs and `status`.
     fn describe(&self) -> String;
 
+    /// Closes the listening socket, refusing new connections, on a shutdown; those relayed by
+    /// the process this one replaced may still come ([`Accept::relays`]).
+    fn stop_listening(&mut self) {}
+
     /// Whether connections relayed by the process this one replaced may still come: they are
     /// served until then, after this generation stops accepting too.
     fn relays(&self) -> bool {

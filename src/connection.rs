@@ -253,7 +253,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
-        // Each pass moves the phase forward, so this loops at most four times.
+        // Each pass moves the phase forward, so this loops at most five times.
         loop {
             // The connection first: a wake-up is nearly always its I/O.
             if let Poll::Ready(served) = this.connection.as_mut().poll(cx) {
@@ -305,6 +305,11 @@ where
                     this.connection.as_mut().graceful_shutdown();
                     continue;
                 }
+            }
+            if *this.phase == Phase::Relaying && this.shared.relay().is_none() {
+                // The successor went away: retired as without one.
+                *this.phase = Phase::Grace;
+                continue;
             }
             if *this.phase == Phase::Relaying {
                 // Between requests, with nothing half-read: hyper closes an idle connection at

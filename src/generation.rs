@@ -93,9 +93,15 @@ where
                 accept_queued(&served.listener, |stream, peer| {
                     (served.connection)(stream, peer, &drain)
                 });
+                served.listener.stop_listening();
             }
-            listeners.clear();
-            break drain.run(drain_timeout).await;
+            // Connections the previous process still relays (it is draining after handing over
+            // to this one) are served by this drain, and closed like the others.
+            listeners.retain(|served| served.listener.relays());
+            let predecessor = (!listeners.is_empty()).then(|| drain.hold());
+            let draining = drain.run(drain_timeout);
+            let relayed = serve_relayed(&mut listeners, &drain, predecessor);
+            break tokio::join!(draining, relayed).0;
         }
         // Handed over: the successor accepts on the same sockets. Keep them: if it dies while
         // this process drains, `resumed` fires and this process serves them again.

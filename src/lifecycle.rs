@@ -845,12 +845,16 @@ async fn watch_successor(inner: Arc<Inner>, mut child: OsChild) {
         Ok(status) => (!status.success(), status.to_string()),
         Err(e) => (false, format!("cannot be watched: {e}")),
     };
+    // Connections not relayed yet are told to close instead: none is sent into a channel
+    // nobody reads, or closed after a keep-alive reply.
+    if let Some(relay) = lock(&inner.relay).take() {
+        relay.close();
+    }
     // A successor that exits 0 shut down or handed over in turn on purpose: nothing to take back.
     let resumed = failed
         && inner.state.send_if_modified(|state| {
             let handed_over = *state == State::Stopping(Stop::Upgraded { pid });
             if handed_over {
-                *lock(&inner.relay) = None;
                 *state = State::Serving;
             }
             handed_over

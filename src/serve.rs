@@ -356,7 +356,7 @@ impl<O> Server<O> {
                 let route = key.as_ref().and_then(|key| octopus.relayed(key));
                 let relay_key = key.map(|key| Arc::<str>::from(key.to_string()));
                 listeners.push(Served {
-                    listener: Relayed { listener, route },
+                    listener: Relayed::new(listener, route),
                     connection: http.connection(tls, stats, relay_key),
                 });
             }

@@ -67,13 +67,29 @@ impl Accept for AnyListener {
     }
 }
 
+/// The kind of socket a listener accepts, which a relayed connection of it is too.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Family {
+    Tcp,
+    Unix,
+}
+
 impl AnyListener {
+    pub(crate) fn family(&self) -> Family {
+        match self {
+            AnyListener::Tcp(_) => Family::Tcp,
+            AnyListener::Unix(_) => Family::Unix,
+        }
+    }
+}
+
+impl Family {
     /// A connection accepted by the process this one replaced and relayed to this one, served
-    /// like one this listener accepted. Any error is the connection's own (it is skipped).
-    pub(crate) fn adopt(&self, socket: OwnedFd) -> io::Result<(AnyStream, PeerAddr)> {
+    /// like one this process accepted. Any error is the connection's own (it is skipped).
+    pub(crate) fn adopt(self, socket: OwnedFd) -> io::Result<(AnyStream, PeerAddr)> {
         let aborted = |_| io::Error::from(io::ErrorKind::ConnectionAborted);
         match self {
-            AnyListener::Tcp(_) => {
+            Family::Tcp => {
                 let stream = std::net::TcpStream::from(socket);
                 stream.set_nonblocking(true).map_err(aborted)?;
                 let peer = stream.peer_addr().map_err(aborted)?;
@@ -81,7 +97,7 @@ impl AnyListener {
                 let _ = stream.set_nodelay(true);
                 Ok((AnyStream::Tcp(stream), PeerAddr::Tcp(peer)))
             }
-            AnyListener::Unix(_) => {
+            Family::Unix => {
                 let stream = std::os::unix::net::UnixStream::from(socket);
                 stream.set_nonblocking(true).map_err(aborted)?;
                 let stream = UnixStream::from_std(stream)?;

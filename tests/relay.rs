@@ -14,11 +14,17 @@ use support::*;
 /// One keep-alive exchange on `stream`: the reply, with its head lower-cased.
 fn exchange(stream: &mut (impl Read + Write), path: &str) -> Reply {
     write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    reply(stream)
+}
+
+/// The reply to the request last written on `stream`, read to its length; the connection stays
+/// open.
+fn reply(stream: &mut impl Read) -> Reply {
     let mut raw = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
         let n = stream.read(&mut chunk).expect("a reply, not an error");
-        assert!(n > 0, "the connection closed instead of answering {path}");
+        assert!(n > 0, "the connection closed instead of answering");
         raw.extend_from_slice(&chunk[..n]);
         if let Ok(reply) = parse(&raw) {
             if reply.body.len() >= content_length(&reply.headers) {
@@ -82,15 +88,8 @@ fn an_idle_connection_outlives_the_old_process_and_a_request_sent_in_transit_is_
     );
     write!(stream, "GET /pid HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
     kill(new, Signal::CONT);
-    let mut raw = Vec::new();
-    let mut chunk = [0u8; 256];
-    while parse(&raw).map_or(true, |reply| reply.body.is_empty()) {
-        let n = stream.read(&mut chunk).unwrap();
-        assert!(n > 0, "closed instead of answering");
-        raw.extend_from_slice(&chunk[..n]);
-    }
-    let reply = parse(&raw).unwrap();
-    assert_eq!(reply.body.trim(), new.to_string(), "{reply:?}");
+    let answer = reply(&mut stream);
+    assert_eq!(answer.body.trim(), new.to_string(), "{answer:?}");
     // And the connection goes on as any other of the new process.
     assert_eq!(pid_keeping_alive(&mut stream), new);
     assert_eq!(pid_keeping_alive(&mut stream), new);
@@ -134,18 +133,11 @@ fn a_request_in_flight_during_the_upgrade_gets_a_keep_alive_reply_and_its_connec
 
     signal(old, Signal::HUP);
     let new = field(&server.wait_for(&["new process ready"]), "pid");
-    let mut raw = Vec::new();
-    let mut chunk = [0u8; 256];
-    while parse(&raw).map_or(true, |reply| !reply.body.ends_with('\n')) {
-        let n = stream.read(&mut chunk).unwrap();
-        assert!(n > 0, "closed instead of answering");
-        raw.extend_from_slice(&chunk[..n]);
-    }
-    let reply = parse(&raw).unwrap();
-    assert_eq!(reply.body, "slept 1500\n");
+    let slow = reply(&mut stream);
+    assert_eq!(slow.body, "slept 1500\n");
     assert!(
-        !reply.headers.contains("connection: close"),
-        "the client is not sent away: {reply:?}"
+        !slow.headers.contains("connection: close"),
+        "the client is not sent away: {slow:?}"
     );
     assert!(server.wait_first_exit().success());
     assert_eq!(pid_keeping_alive(&mut stream), new);
@@ -189,4 +181,76 @@ fn a_shutdown_still_closes_idle_connections_once_their_grace_is_over() {
         .read_to_end(&mut rest)
         .expect("closed, with no successor to take it");
     assert!(rest.is_empty());
+}
+
+#[test]
+fn a_connection_relayed_to_a_process_already_shutting_down_is_served_by_its_drain() {
+    let mut server = Hello::start(&["-h", "127.0.0.1", "-p", "0", "--drain-timeout", "10"]);
+    let port = server.port();
+    let old = server.first_pid();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(pid_keeping_alive(&mut stream), old);
+    write!(
+        stream,
+        "GET /sleep?ms=3000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .unwrap();
+    signal(old, Signal::HUP);
+    let new = field(&server.wait_for(&["new process ready"]), "pid");
+    // The new process shuts down while the old one still has the slow request to finish, and
+    // its connection to relay then.
+    signal(new, Signal::TERM);
+    server.wait_for_pid("graceful shutdown started", new);
+    let slow = reply(&mut stream);
+    assert_eq!(slow.body, "slept 3000\n");
+    assert!(
+        server
+            .log_text()
+            .lines()
+            .all(|l| !l.contains("relayed idle connections")),
+        "the premise: the old process had not relayed its connection before the shutdown"
+    );
+    let next = exchange(&mut stream, "/pid");
+    assert_eq!(next.body.trim(), new.to_string(), "{next:?}");
+    assert!(
+        next.headers.contains("connection: close"),
+        "the draining process sends the client away: {next:?}"
+    );
+    assert!(server.wait_first_exit().success());
+    assert_eq!(
+        wait_adopted_exit(new).exit_status(),
+        Some(0),
+        "the new process drained and exited 0"
+    );
+}
+
+#[test]
+fn a_connection_whose_new_process_died_before_taking_it_is_told_to_close() {
+    let server = Hello::start(&["-h", "127.0.0.1", "-p", "0", "--drain-timeout", "10"]);
+    let port = server.port();
+    let old = server.first_pid();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(pid_keeping_alive(&mut stream), old);
+    write!(
+        stream,
+        "GET /sleep?ms=2000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .unwrap();
+    signal(old, Signal::HUP);
+    let new = field(&server.wait_for(&["new process ready"]), "pid");
+    kill(new, Signal::KILL);
+    server.wait_for(&["died after it was ready"]);
+    let slow = reply(&mut stream);
+    assert_eq!(slow.body, "slept 2000\n");
+    assert!(
+        slow.headers.contains("connection: close"),
+        "no successor to relay to: the client is told to reconnect, {slow:?}"
+    );
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "then closed");
+    assert_eq!(pid_answering(port), old, "the old process serves again");
+    reap_if_adopted(new);
 }

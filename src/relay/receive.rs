@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::{MAX_BATCH, MAX_MESSAGE, Offer};
 use crate::accept::Accept;
 use crate::peer::PeerAddr;
-use crate::stream::{AnyListener, AnyStream};
+use crate::stream::{AnyListener, AnyStream, Family};
 
 /// This process's end of the relay channel from the process it replaces, until it reports ready.
 #[derive(Debug)]
@@ -154,11 +154,27 @@ fn receive(channel: &OwnedFd, message: &mut [u8]) -> io::Result<Option<(usize, V
 /// A listener of this process and the connections relayed to it: the accept loop serves both.
 #[derive(Debug)]
 pub(crate) struct Relayed {
-    pub listener: AnyListener,
-    pub route: Option<Route>,
+    /// `None` once a shutdown closed it: relayed connections may still come.
+    listener: Option<AnyListener>,
+    family: Family,
+    route: Option<Route>,
+}
+
+impl Relayed {
+    pub fn new(listener: AnyListener, route: Option<Route>) -> Relayed {
+        Relayed {
+            family: listener.family(),
+            listener: Some(listener),
+            route,
+        }
+    }
 }
 
 impl Route {
+    async fn next(&self) -> Option<OwnedFd> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
     fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<OwnedFd>> {
         self.0
             .lock()
@@ -189,42 +205,53 @@ impl Accept for Relayed {
     type Peer = PeerAddr;
 
     async fn accept(&self) -> io::Result<(AnyStream, PeerAddr)> {
-        let Some(route) = &self.route else {
-            return self.listener.accept().await;
-        };
-        tokio::select! {
-            biased;
-            Some(socket) = std::future::poll_fn(|cx| route.poll_next(cx)) => {
-                self.listener.adopt(socket)
-            }
-            accepted = self.listener.accept() => accepted,
+        match (&self.listener, &self.route) {
+            (Some(listener), None) => listener.accept().await,
+            (Some(listener), Some(route)) => tokio::select! {
+                biased;
+                Some(socket) = route.next() => self.family.adopt(socket),
+                accepted = listener.accept() => accepted,
+            },
+            (None, Some(route)) => match route.next().await {
+                Some(socket) => self.family.adopt(socket),
+                None => std::future::pending().await,
+            },
+            (None, None) => std::future::pending().await,
         }
     }
 
     fn accept_now(&self) -> io::Result<(AnyStream, PeerAddr)> {
-        match self.route.as_ref().and_then(Route::try_next) {
-            Some(socket) => self.listener.adopt(socket),
-            None => self.listener.accept_now(),
+        match (
+            self.route.as_ref().and_then(Route::try_next),
+            &self.listener,
+        ) {
+            (Some(socket), _) => self.family.adopt(socket),
+            (None, Some(listener)) => listener.accept_now(),
+            (None, None) => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
 
     fn describe(&self) -> String {
-        self.listener.describe()
+        match &self.listener {
+            Some(listener) => listener.describe(),
+            None => "a closed listener".into(),
+        }
+    }
+
+    fn stop_listening(&mut self) {
+        self.listener = None;
     }
 
     fn relays(&self) -> bool {
         self.route.as_ref().is_some_and(Route::is_open)
     }
 
-    fn poll_relayed(
-        &self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<io::Result<(AnyStream, PeerAddr)>>> {
+    fn poll_relayed(&self, cx: &mut Context<'_>) -> crate::accept::Relayed<Self> {
         let Some(route) = &self.route else {
             return Poll::Ready(None);
         };
         route
             .poll_next(cx)
-            .map(|socket| socket.map(|socket| self.listener.adopt(socket)))
+            .map(|socket| socket.map(|socket| self.family.adopt(socket)))
     }
 }

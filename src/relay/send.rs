@@ -131,6 +131,11 @@ impl Relay {
         }
     }
 
+    /// The successor is gone: connections not sent yet are retired as without a successor.
+    pub fn close(&self) {
+        self.broken.store(true, Ordering::Relaxed);
+    }
+
     fn fail(&self, e: &io::Error) {
         if !self.broken.swap(true, Ordering::Relaxed) {
             tracing::warn!("cannot relay connections to the new process ({e}); closing them");
