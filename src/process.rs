@@ -138,7 +138,6 @@ impl OsSpawner {
         OsSpawner {
             #[cfg(target_os = "linux")]
             low_slots: low_slot::LowSlot::reserve()
-                .and_then(|ready| Ok([ready, low_slot::LowSlot::reserve()?]))
                 .inspect_err(|e| tracing::debug!("no low fds kept for the upgrade's fds: {e}"))
                 .ok(),
         }

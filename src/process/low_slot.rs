@@ -11,7 +11,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rustix::event::{EventfdFlags, eventfd};
 use rustix::io::{DupFlags, dup3};
@@ -21,17 +21,21 @@ pub(crate) struct LowSlot {
     slot: Mutex<OwnedFd>,
     /// What the slot holds between upgrades: putting it back takes no new fd, so it cannot fail
     /// for want of one and leave the pipe's write end open in this process.
-    placeholder: OwnedFd,
+    placeholder: Arc<OwnedFd>,
 }
 
 impl LowSlot {
-    pub(crate) fn reserve() -> io::Result<LowSlot> {
-        let placeholder = eventfd(0, EventfdFlags::CLOEXEC)?;
-        let slot = rustix::io::fcntl_dupfd_cloexec(&placeholder, 0)?;
-        Ok(LowSlot {
-            slot: Mutex::new(slot),
-            placeholder,
-        })
+    /// `N` slots, sharing one placeholder.
+    pub(crate) fn reserve<const N: usize>() -> io::Result<[LowSlot; N]> {
+        let placeholder = Arc::new(eventfd(0, EventfdFlags::CLOEXEC)?);
+        let mut slots = Vec::with_capacity(N);
+        for _ in 0..N {
+            slots.push(LowSlot {
+                slot: Mutex::new(rustix::io::fcntl_dupfd_cloexec(&*placeholder, 0)?),
+                placeholder: placeholder.clone(),
+            });
+        }
+        Ok(slots.try_into().expect("N slots"))
     }
 
     /// Puts `fd` (close-on-exec) at the slot's number until the returned guard is dropped.
@@ -74,7 +78,7 @@ mod tests {
 
     #[test]
     fn the_slot_keeps_its_number_and_lets_the_pipe_end_go() {
-        let slot = LowSlot::reserve().unwrap();
+        let [slot] = LowSlot::reserve().unwrap();
         let number = slot.slot.lock().unwrap().as_raw_fd();
         let (read, write) = crate::readiness::pipe().unwrap();
         let held = slot.hold(write.as_fd()).unwrap();
