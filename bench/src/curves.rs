@@ -1,7 +1,7 @@
 //! The curves over scale, each point measured: RSS per open idle keep-alive connection, the
-//! drain time of 10,000 connections (idle, or each with a request in flight), and the hand-over
-//! time over the number of listeners and open connections. Connections go to 127.0.0.1 only;
-//! every wait is bounded.
+//! drain time of 10,000 connections (idle on a shutdown or on an upgrade, or each with a request
+//! in flight), and the hand-over time over the number of listeners and open connections.
+//! Connections go to 127.0.0.1 only; every wait is bounded.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -58,6 +58,11 @@ pub struct CurvesResult {
     pub rss_per_conn: Vec<Point>,
     /// ms from SIGTERM to exit, 10,000 idle keep-alive connections (`idle_grace` 1 s).
     pub drain_idle: Vec<Point>,
+    /// ms from SIGHUP to the old process's exit, 10,000 idle keep-alive connections, which the
+    /// old process relays to the new one; notes count the connections the new process answered
+    /// after the old one's exit. Absent from results made before the relay.
+    #[serde(default)]
+    pub drain_idle_relayed: Vec<Point>,
     /// ms from SIGTERM to exit, 10,000 connections each with a `/sleep?ms=N` in flight, and
     /// ms beyond the last request's due time.
     pub drain_inflight: Vec<Point>,
@@ -193,6 +198,125 @@ async fn drain_idle_point(n: usize, bins: &Bins, logs: &Path) -> Result<Point, S
         if let Some(t) = exited {
             p.values.push((t - signal).as_secs_f64() * 1000.0);
         }
+        stop(server).await;
+    }
+    Ok(p)
+}
+
+/// What became of the idle connections of an upgrade once the old process was gone: each sent
+/// one `GET /pid`.
+#[derive(Debug, Default)]
+struct Answers {
+    /// Closed (or reset) before the request was written, seen without blocking.
+    closed: u64,
+    /// Answered by the new process.
+    new: u64,
+    /// Answered by any other process.
+    other: u64,
+    /// Not answered: the request failed or timed out, or the answer was no pid.
+    failed: u64,
+}
+
+impl Answers {
+    /// Tallies one connection's answer: the pid it named, if any.
+    fn count(&mut self, answered: Option<u32>, new_pid: u32) {
+        match answered {
+            Some(pid) if pid == new_pid => self.new += 1,
+            Some(_) => self.other += 1,
+            None => self.failed += 1,
+        }
+    }
+
+    /// The point's notes for one repetition.
+    fn notes(&self) -> [(String, f64); 4] {
+        [
+            ("answered_new".into(), self.new as f64),
+            ("answered_other".into(), self.other as f64),
+            ("failed".into(), self.failed as f64),
+            ("closed_before_request".into(), self.closed as f64),
+        ]
+    }
+}
+
+/// Sends one `GET /pid` on each connection, all at once, and tallies who answered.
+async fn ask_pid(conns: Vec<std::net::TcpStream>, new_pid: u32) -> Answers {
+    let mut answers = Answers::default();
+    let mut set = JoinSet::new();
+    for s in conns {
+        let Ok(mut s) = TcpStream::from_std(s) else {
+            answers.failed += 1;
+            continue;
+        };
+        set.spawn(async move {
+            let closed = crate::http::closed_while_idle(&s);
+            let mut buf = Vec::with_capacity(256);
+            let request = crate::http::request("/pid", false);
+            let pid = crate::http::exchange(&mut s, &request, &mut buf, IO_BOUND)
+                .await
+                .ok()
+                .filter(|r| r.status == 200)
+                .and_then(|r| {
+                    std::str::from_utf8(&r.body)
+                        .ok()?
+                        .trim()
+                        .parse::<u32>()
+                        .ok()
+                });
+            (closed, pid)
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok((closed, pid)) => {
+                answers.closed += u64::from(closed);
+                answers.count(pid, new_pid);
+            }
+            Err(_) => answers.failed += 1,
+        }
+    }
+    answers
+}
+
+/// SIGHUP to the old process's exit with `n` idle connections, which the old process relays to
+/// the new one rather than closing them after `idle_grace`; then one request on each.
+async fn drain_relayed_point(n: usize, bins: &Bins, logs: &Path) -> Result<Point, String> {
+    let mut p = Point {
+        server: "octopus".into(),
+        x: n as u64,
+        ..Point::default()
+    };
+    for rep in 0..REPS {
+        let log = logs.join(format!("drain-relayed-{n}-{rep}.log"));
+        let server = Server::start(Kind::Octopus, bins, &[], Some(&log)).await?;
+        let old = server.first_pid;
+        let conns = match open_idle(server.addr, n).await {
+            Ok(conns) => unwatched(conns),
+            Err(e) => {
+                stop(server).await;
+                return Err(e);
+            }
+        };
+        let signal = Instant::now();
+        server.signal(old, Signal::HUP);
+        // A repetition whose old process outlives the bound has no value but keeps its
+        // answers: the report shows both.
+        if let Some(t) = wait_exit(&server, old, Duration::from_secs(30)).await {
+            p.values.push((t - signal).as_secs_f64() * 1000.0);
+        }
+        let started = server
+            .wait_for(Duration::from_secs(5), |s| {
+                let new = *s.order.last()?;
+                Some((new, s.gens.get(&new)?.started?)).filter(|_| new != old)
+            })
+            .await;
+        // No new process: every answer counts against it.
+        let new = started.map_or(0, |(pid, _)| pid);
+        if let Some((_, t)) = started {
+            p.notes
+                .push(("new_started_ms".into(), (t - signal).as_secs_f64() * 1000.0));
+        }
+        let answers = ask_pid(conns, new).await;
+        p.notes.extend(answers.notes());
         stop(server).await;
     }
     Ok(p)
@@ -441,6 +565,14 @@ pub async fn run(
             p.values
         );
         r.drain_idle.push(p);
+        let p = drain_relayed_point(10_000, bins, logs).await?;
+        eprintln!(
+            "curves drain idle 10000 on an upgrade (relayed): {:.0} ms (reps {:?}, {:?})",
+            p.median(),
+            p.values,
+            p.notes
+        );
+        r.drain_idle_relayed.push(p);
         let p = drain_inflight_point(10_000, 2_000, bins, logs).await?;
         eprintln!(
             "curves drain in-flight 10000 (2 s each): {:.0} ms (reps {:?}, {:?})",

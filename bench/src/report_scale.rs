@@ -25,6 +25,46 @@ fn note(p: &Point, name: &str) -> Vec<f64> {
         .collect()
 }
 
+/// The relayed point's answers: per repetition, how many of the `x` connections the new process
+/// answered, ✅ only if all did in each of them; what else happened, when anything did.
+fn relayed_answers(p: &Point) -> String {
+    let new = note(p, "answered_new");
+    // A repetition whose old process did not exit within the tool's bound has no value.
+    let exited = p.values.len() == new.len();
+    let all = exited && !new.is_empty() && new.iter().all(|&v| v == p.x as f64);
+    let counts = |v: &[f64]| {
+        v.iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut text = format!(
+        "{} of {} by the new process {}",
+        counts(&new),
+        p.x,
+        if all { "✅" } else { "❌" }
+    );
+    for (name, label) in [
+        ("answered_other", "by another process"),
+        ("failed", "not answered"),
+        ("closed_before_request", "found closed"),
+    ] {
+        let v = note(p, name);
+        if v.iter().any(|&v| v > 0.0) {
+            let _ = write!(text, "; {label}: {}", counts(&v));
+        }
+    }
+    if !exited {
+        let _ = write!(
+            text,
+            "; the old process exited in {} of {} repetitions",
+            p.values.len(),
+            new.len()
+        );
+    }
+    text
+}
+
 fn curve(label: &str, points: &[&Point]) -> Curve {
     Curve {
         label: label.into(),
@@ -199,21 +239,37 @@ fn curves_section(
     let _ = writeln!(md, "\n![RSS per connection]({})\n", rel(svg));
 
     md.push_str(
-        "### Drain time of 10,000 connections\n\nSIGTERM to the exit of `hello` (reaped by the \
-         tool), default `idle_grace` 1 s and drain timeout 5 s. Idle: target ≤ idle_grace + \
-         100 ms = 1,100 ms. In flight: each connection has a `GET /sleep?ms=2000` written before \
-         the signal; \"beyond due\" is exit minus (last request written + 2 s).\n\n\
-         | connections | state | SIGTERM → exit, ms (median) | values | beyond due, ms | answered |\n\
+        "### Drain time of 10,000 connections\n\nDefault `idle_grace` 1 s and drain timeout 5 s; \
+         the exit is seen by the tool (its reaper). Idle, shutdown: SIGTERM to the exit of \
+         `hello`; target ≤ idle_grace + 100 ms = 1,100 ms. Idle, upgrade: SIGHUP to the old \
+         process's exit, which hands each idle connection to the new process (`SCM_RIGHTS`) \
+         instead of closing it after `idle_grace`, so the time includes starting the new \
+         process; after the exit each connection sends one `GET /pid`, and \"answered\" is, per \
+         repetition, how many of them the new process answered (✅ only if all, in every \
+         repetition). The target is judged on the shutdown row, where no successor exists and \
+         `idle_grace` applies. In flight: each connection has a `GET /sleep?ms=2000` written \
+         before the signal; \"beyond due\" is exit minus (last request written + 2 s).\n\n\
+         | connections | state | signal → exit, ms (median) | values | beyond due, ms | answered |\n\
          |---|---|---|---|---|---|\n",
     );
     for p in &c.drain_idle {
         let _ = writeln!(
             md,
-            "| {} | idle | **{:.0}** {} | {} | – | – |",
+            "| {} | idle, shutdown (SIGTERM) | **{:.0}** {} | {} | – | – |",
             p.x,
             p.median(),
             if p.median() <= 1100.0 { "✅" } else { "❌" },
             fmt_values(p)
+        );
+    }
+    for p in &c.drain_idle_relayed {
+        let _ = writeln!(
+            md,
+            "| {} | idle, upgrade (SIGHUP, relayed) | **{:.0}** | {} | – | {} |",
+            p.x,
+            p.median(),
+            fmt_values(p),
+            relayed_answers(p)
         );
     }
     for p in &c.drain_inflight {
@@ -307,4 +363,64 @@ fn curves_section(
     )?;
     let _ = writeln!(md, "\n![hand-over time]({})\n", rel(svg));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relayed(reps: &[[f64; 4]]) -> Point {
+        let names = [
+            "answered_new",
+            "answered_other",
+            "failed",
+            "closed_before_request",
+        ];
+        Point {
+            server: "octopus".into(),
+            x: 10_000,
+            values: vec![245.0; reps.len()],
+            notes: reps
+                .iter()
+                .flat_map(|r| names.iter().zip(r).map(|(n, v)| (n.to_string(), *v)))
+                .collect(),
+            ..Point::default()
+        }
+    }
+
+    #[test]
+    fn relayed_answers_flag_a_repetition_not_all_answered_by_the_new_process() {
+        let good = relayed(&[[10_000.0, 0.0, 0.0, 0.0]; 3]);
+        assert_eq!(
+            relayed_answers(&good),
+            "10000, 10000, 10000 of 10000 by the new process ✅"
+        );
+        let bad = relayed(&[
+            [10_000.0, 0.0, 0.0, 0.0],
+            [9_998.0, 0.0, 2.0, 1.0],
+            [10_000.0, 0.0, 0.0, 0.0],
+        ]);
+        assert_eq!(
+            relayed_answers(&bad),
+            "10000, 9998, 10000 of 10000 by the new process ❌; not answered: 0, 2, 0; \
+             found closed: 0, 1, 0"
+        );
+        assert!(relayed_answers(&relayed(&[])).contains('❌'));
+        let mut stuck = good.clone();
+        stuck.values.pop();
+        assert_eq!(
+            relayed_answers(&stuck),
+            "10000, 10000, 10000 of 10000 by the new process ❌; the old process exited in 2 of 3 \
+             repetitions"
+        );
+    }
+
+    #[test]
+    fn curves_made_before_the_relayed_point_still_load() {
+        let old = r#"{"command":"c","loadavg":["a","b"],"rss_per_conn":[],
+            "drain_idle":[{"server":"octopus","x":10000,"conns":0,"values":[1237.0],"notes":[]}],
+            "drain_inflight":[],"handover_ready":[],"handover_draining":[]}"#;
+        let c: CurvesResult = serde_json::from_str(old).unwrap();
+        assert_eq!((c.drain_idle.len(), c.drain_idle_relayed.len()), (1, 0));
+    }
 }
