@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
-use crate::control::{ConnectionSlot, InFlight};
+use crate::control::ConnectionSlot;
 use crate::drain::{Draining, Hold};
 use crate::peer::Peer;
 use crate::protocol::{Builders, Detect, HttpConnection, Wrapped};
@@ -367,16 +367,15 @@ impl<S: HttpService> hyper::service::Service<Request<Incoming>> for CloseWhenDra
         let connect = request.method() == Method::CONNECT;
         // Without a body, bytes read while the request is served can only be a next request.
         let has_body = !request.body().is_end_stream();
-        let watch = http1.then(|| Http1Watch {
-            shared: self.shared.clone(),
-            connect,
-            has_body,
-        });
+        let watch = http1.then_some(Http1Watch { connect, has_body });
         self.peer.attach(&mut request);
+        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
         CloseWhenDrainingFuture {
-            _counted: InFlight::start(&self.shared.in_flight),
             inner: Call::new(self.inner.clone(), request),
-            watch,
+            request: Counted {
+                shared: self.shared.clone(),
+                watch,
+            },
         }
     }
 }
@@ -448,18 +447,30 @@ impl<S: HttpService> Future for Call<S> {
     }
 }
 
+/// What the response to an HTTP/1 request is checked for.
 struct Http1Watch {
-    shared: Arc<Shared>,
     connect: bool,
     has_body: bool,
+}
+
+/// A request in flight on its connection, counted until dropped: one reference to the
+/// connection's state per request, for the count and the response's checks.
+struct Counted {
+    shared: Arc<Shared>,
+    watch: Option<Http1Watch>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pin_project_lite::pin_project! {
     struct CloseWhenDrainingFuture<F> {
         #[pin]
         inner: F,
-        watch: Option<Http1Watch>,
-        _counted: InFlight,
+        request: Counted,
     }
 }
 
@@ -472,14 +483,15 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut response = ready!(this.inner.poll(cx))?;
-        if let Some(watch) = this.watch.as_ref() {
+        let shared = &this.request.shared;
+        if let Some(watch) = this.request.watch.as_ref() {
             if watch.has_body {
-                watch.shared.unclaimed_bytes.store(false, Ordering::Relaxed);
+                shared.unclaimed_bytes.store(false, Ordering::Relaxed);
             }
             let status = response.status();
             if status == StatusCode::SWITCHING_PROTOCOLS || (watch.connect && status.is_success()) {
-                watch.shared.upgraded.store(true, Ordering::Relaxed);
-            } else if watch.shared.draining.is_draining() && watch.shared.relay().is_none() {
+                shared.upgraded.store(true, Ordering::Relaxed);
+            } else if shared.draining.is_draining() && shared.relay().is_none() {
                 // A connection the drain relays stays open for its client: its next request
                 // goes to the successor.
                 response

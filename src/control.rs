@@ -25,7 +25,7 @@ use crate::key::ListenerKey;
 use crate::lifecycle::{AfterUpgrade, Handle, State, WeakHandle};
 use crate::trigger::Trigger;
 
-pub(crate) use stats::{ConnectionSlot, InFlight, ListenerStats};
+pub(crate) use stats::{ConnectionSlot, ListenerStats};
 
 /// Control clients served at once; more are answered with an error and closed at once.
 const MAX_CLIENTS: usize = 64;
