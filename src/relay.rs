@@ -141,7 +141,11 @@ mod tests {
         assert!(matches!(relay.send(borrow(&old_end), &key), Sending::Sent));
         drop(old_end);
         assert_eq!(relay.sent(), 1);
-        let successor = Relayed::new(AnyListener::Tcp(listener), routes.pop());
+        let listener = AnyListener::Tcp {
+            listener,
+            nodelay: true,
+        };
+        let successor = Relayed::new(listener, routes.pop());
         let (mut new_end, peer) = tokio::time::timeout(WAIT, successor.accept())
             .await
             .expect("the relayed connection is accepted")

@@ -74,6 +74,7 @@ pub struct Server<O = OwnOctopus> {
     header_read_timeout: Option<Duration>,
     drain_timeout: Duration,
     idle_grace: Duration,
+    tcp_nodelay: bool,
     shutdown_signal: Option<ShutdownSignal>,
     through: PhantomData<O>,
 }
@@ -211,6 +212,7 @@ impl<O> Server<O> {
             header_read_timeout: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             idle_grace: DEFAULT_IDLE_GRACE,
+            tcp_nodelay: true,
             shutdown_signal: None,
             through: PhantomData,
         }
@@ -322,6 +324,22 @@ impl<O> Server<O> {
         self
     }
 
+    /// Whether each accepted TCP connection (TLS included) gets `TCP_NODELAY`, which turns
+    /// Nagle's algorithm off. Default `true`: a response written in several parts (a streamed
+    /// body) goes out as it is written, where Nagle would hold its last small segment until the
+    /// client acknowledges the previous one, which a delayed ACK can put off by 40 ms.
+    ///
+    /// `false` leaves each socket as the kernel accepted it, Nagle on, as `axum::serve` does by
+    /// default. Worth trying for HTTP/2 with many concurrent streams on few connections, where
+    /// Nagle coalesces the small frames into fewer segments: on the bench's pinned HTTP/2 load
+    /// (`h2load`, 4 connections of 32 streams, the server on one core) `axum::serve` answered
+    /// 65–97k requests/s with Nagle and 46–67k with `TCP_NODELAY` (octopus, with the same
+    /// setting, as much as axum: bench/NOTES.md).
+    pub fn tcp_nodelay(mut self, nodelay: bool) -> Self {
+        self.tcp_nodelay = nodelay;
+        self
+    }
+
     /// Permission bits for the Unix sockets this server creates (e.g. `0o660`); by default the
     /// process umask decides.
     pub fn unix_mode(mut self, mode: u32) -> Self {
@@ -349,7 +367,8 @@ impl<O> Server<O> {
         };
         let mut listeners = Vec::with_capacity(self.endpoints.len());
         for endpoint in self.endpoints {
-            for Opened { listener, tls, key } in open(&octopus, endpoint, self.unix_mode)? {
+            let opened = open(&octopus, endpoint, self.unix_mode, self.tcp_nodelay)?;
+            for Opened { listener, tls, key } in opened {
                 let stats = octopus.track_listener(listener.describe());
                 // Only plain HTTP is relayed: a TLS session cannot leave this process's memory.
                 let key = key.filter(|_| tls.is_none());
@@ -482,6 +501,7 @@ fn open(
     octopus: &Octopus,
     endpoint: Endpoint,
     unix_mode: Option<u32>,
+    nodelay: bool,
 ) -> Result<Vec<Opened>, Error> {
     let register = |source| Error::Io {
         what: "cannot register a listener with the runtime",
@@ -489,7 +509,7 @@ fn open(
     };
     let tcp = |listener: std::net::TcpListener| {
         tokio::net::TcpListener::from_std(listener)
-            .map(AnyListener::Tcp)
+            .map(|listener| AnyListener::Tcp { listener, nodelay })
             .map_err(register)
     };
     let mut opened = Vec::with_capacity(1);

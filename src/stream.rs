@@ -15,7 +15,12 @@ use crate::peer::PeerAddr;
 /// A listening socket of either kind.
 #[derive(Debug)]
 pub(crate) enum AnyListener {
-    Tcp(TcpListener),
+    /// `nodelay`: whether each accepted connection gets `TCP_NODELAY` (see
+    /// [`Server::tcp_nodelay`](crate::Server::tcp_nodelay)).
+    Tcp {
+        listener: TcpListener,
+        nodelay: bool,
+    },
     Unix(UnixListener),
 }
 
@@ -32,10 +37,9 @@ impl Accept for AnyListener {
 
     async fn accept(&self) -> io::Result<(AnyStream, PeerAddr)> {
         match self {
-            AnyListener::Tcp(listener) => {
+            AnyListener::Tcp { listener, nodelay } => {
                 let (stream, peer) = listener.accept().await?;
-                // Small responses go out at once instead of waiting for Nagle's algorithm.
-                let _ = stream.set_nodelay(true);
+                set_nodelay(&stream, *nodelay);
                 Ok((AnyStream::Tcp(stream), PeerAddr::Tcp(peer)))
             }
             AnyListener::Unix(listener) => {
@@ -47,9 +51,9 @@ impl Accept for AnyListener {
 
     fn accept_now(&self) -> io::Result<(AnyStream, PeerAddr)> {
         match self {
-            AnyListener::Tcp(listener) => {
+            AnyListener::Tcp { listener, nodelay } => {
                 let (stream, peer) = listener.accept_now()?;
-                let _ = stream.set_nodelay(true);
+                set_nodelay(&stream, *nodelay);
                 Ok((AnyStream::Tcp(stream), PeerAddr::Tcp(peer)))
             }
             AnyListener::Unix(listener) => {
@@ -61,7 +65,7 @@ impl Accept for AnyListener {
 
     fn describe(&self) -> String {
         match self {
-            AnyListener::Tcp(listener) => listener.describe(),
+            AnyListener::Tcp { listener, .. } => listener.describe(),
             AnyListener::Unix(listener) => listener.describe(),
         }
     }
@@ -70,14 +74,17 @@ impl Accept for AnyListener {
 /// The kind of socket a listener accepts, which a relayed connection of it is too.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Family {
-    Tcp,
+    /// With `TCP_NODELAY` or not, as the listener's accepted connections.
+    Tcp {
+        nodelay: bool,
+    },
     Unix,
 }
 
 impl AnyListener {
     pub(crate) fn family(&self) -> Family {
         match self {
-            AnyListener::Tcp(_) => Family::Tcp,
+            AnyListener::Tcp { nodelay, .. } => Family::Tcp { nodelay: *nodelay },
             AnyListener::Unix(_) => Family::Unix,
         }
     }
@@ -89,12 +96,12 @@ impl Family {
     pub(crate) fn adopt(self, socket: OwnedFd) -> io::Result<(AnyStream, PeerAddr)> {
         let aborted = |_| io::Error::from(io::ErrorKind::ConnectionAborted);
         match self {
-            Family::Tcp => {
+            Family::Tcp { nodelay } => {
                 let stream = std::net::TcpStream::from(socket);
                 stream.set_nonblocking(true).map_err(aborted)?;
                 let peer = stream.peer_addr().map_err(aborted)?;
                 let stream = TcpStream::from_std(stream)?;
-                let _ = stream.set_nodelay(true);
+                set_nodelay(&stream, nodelay);
                 Ok((AnyStream::Tcp(stream), PeerAddr::Tcp(peer)))
             }
             Family::Unix => {
@@ -105,6 +112,15 @@ impl Family {
                 Ok((AnyStream::Unix(stream), PeerAddr::Unix(peer)))
             }
         }
+    }
+}
+
+/// Small responses go out at once instead of waiting for Nagle's algorithm, if asked; otherwise
+/// the socket is left as accepted, without a system call.
+fn set_nodelay(stream: &TcpStream, nodelay: bool) {
+    if nodelay {
+        // A socket that refuses it still serves, only with Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
     }
 }
 
@@ -241,6 +257,39 @@ mod tests {
         // Peeked, not taken: still there for the connection to read.
         // SAFETY: as above.
         assert!(unsafe { probe.has_input() });
+    }
+
+    /// Whether the connection `listener` accepts, by `accept` then by `accept_now`, has
+    /// `TCP_NODELAY`, as the kernel reports it on the accepted socket.
+    async fn nodelay_of_accepted(nodelay: bool) -> [bool; 2] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let listener = AnyListener::Tcp { listener, nodelay };
+        let _first = TcpStream::connect(address).await.unwrap();
+        let (waited, _) = listener.accept().await.unwrap();
+        let _second = TcpStream::connect(address).await.unwrap();
+        // The client's last handshake segment may still be on its way to the listener's queue.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let queued = loop {
+            match listener.accept_now() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "never queued");
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => panic!("accept_now: {e}"),
+            }
+        };
+        [waited, queued].map(|stream| match stream {
+            AnyStream::Tcp(s) => s.nodelay().unwrap(),
+            AnyStream::Unix(_) => panic!("a TCP listener accepted a Unix stream"),
+        })
+    }
+
+    #[tokio::test]
+    async fn accepted_tcp_connections_get_nodelay_only_when_asked() {
+        assert_eq!(nodelay_of_accepted(true).await, [true, true]);
+        assert_eq!(nodelay_of_accepted(false).await, [false, false]);
     }
 
     #[tokio::test]

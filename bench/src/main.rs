@@ -5,6 +5,7 @@
 //! octopus-bench run control                # keepalive load, 50 × `octopus upgrade` back to back
 //! octopus-bench run overhead               # octopus vs baseline vs ecdysis, rounds A B C
 //! octopus-bench run pinned --rounds 10     # server on CPU 0, wrk/h2load on CPU 1: ratio lines
+//! octopus-bench run pinned --only h2 --server axum,octopus-axum-nagle   # a subset
 //! octopus-bench run curves                 # RSS/conn, drain and hand-over times at scale
 //! octopus-bench run curves --only handover --upgrades 8   # only the hand-over points
 //! octopus-bench run wrk                    # keepalive load by wrk, for the cross-check
@@ -67,11 +68,12 @@ enum Cmd {
         /// Seconds per run (overhead, wrk).
         #[arg(long)]
         secs: Option<u64>,
-        /// Rounds (overhead).
+        /// Rounds (overhead, pinned).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
         /// Parts of the curves to run (default: all): rss, drain, handover. With
-        /// `--upgrades N`, each hand-over point is N upgrades (default 3).
+        /// `--upgrades N`, each hand-over point is N upgrades (default 3). For pinned: the
+        /// workloads (default: all): h1-keepalive, h1-close, h2.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         #[command(flatten)]
@@ -208,7 +210,25 @@ async fn run_cmd(cmd: Cmd) -> Result<bool, String> {
                     return Ok(true);
                 }
                 "pinned" => {
-                    let r = pinned::run(&bins, rounds, secs.unwrap_or(3), &logs, &command).await?;
+                    let selection = pinned::Selection {
+                        workloads: only
+                            .iter()
+                            .map(|w| {
+                                pinned::Workload::parse(w)
+                                    .ok_or(format!("unknown pinned workload {w:?}"))
+                            })
+                            .collect::<Result<_, _>>()?,
+                        servers: kinds(&server)?,
+                    };
+                    let r = pinned::run(
+                        &bins,
+                        &selection,
+                        rounds,
+                        secs.unwrap_or(3),
+                        &logs,
+                        &command,
+                    )
+                    .await?;
                     results::write(&out, "pinned.json", &r)?;
                     for c in pinned::comparisons(&r) {
                         println!("{}", c.line());
@@ -256,10 +276,7 @@ async fn run_cmd(cmd: Cmd) -> Result<bool, String> {
             let kinds = if server.is_empty() {
                 preset.servers.clone()
             } else {
-                server
-                    .iter()
-                    .map(|s| Kind::parse(s).ok_or(format!("unknown server {s:?}")))
-                    .collect::<Result<_, _>>()?
+                kinds(&server)?
             };
             for kind in kinds {
                 let r = scenarios::run(&preset, kind, &bins, &logs, &command).await?;
@@ -269,6 +286,14 @@ async fn run_cmd(cmd: Cmd) -> Result<bool, String> {
             Ok(true)
         }
     }
+}
+
+/// The servers named by `--server`.
+fn kinds(names: &[String]) -> Result<Vec<Kind>, String> {
+    names
+        .iter()
+        .map(|s| Kind::parse(s).ok_or(format!("unknown server {s:?}")))
+        .collect()
 }
 
 #[tokio::main]

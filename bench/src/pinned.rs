@@ -49,23 +49,67 @@ impl Workload {
         }
     }
 
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == s)
+    }
+
     /// The servers that speak it.
     fn servers(self) -> &'static [Kind] {
         match self {
-            Workload::H2 => &[Kind::Octopus, Kind::Baseline, Kind::Axum, Kind::OctopusAxum],
+            Workload::H2 => &[
+                Kind::Octopus,
+                Kind::Baseline,
+                Kind::Axum,
+                Kind::OctopusAxum,
+                Kind::AxumNodelay,
+                Kind::OctopusAxumNagle,
+            ],
             _ => &[
                 Kind::Octopus,
                 Kind::Baseline,
                 Kind::Http1,
                 Kind::Axum,
                 Kind::OctopusAxum,
+                Kind::AxumNodelay,
+                Kind::OctopusAxumNagle,
             ],
         }
     }
 }
 
+/// What a pinned run measures: these workloads against these servers, each empty for all.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Workloads.
+    pub workloads: Vec<Workload>,
+    /// Servers (each run on the selected workloads it speaks).
+    pub servers: Vec<Kind>,
+}
+
+impl Selection {
+    /// The servers to run `w` against.
+    fn servers(&self, w: Workload) -> Vec<Kind> {
+        w.servers()
+            .iter()
+            .copied()
+            .filter(|k| self.servers.is_empty() || self.servers.contains(k))
+            .collect()
+    }
+
+    /// The workloads to run.
+    fn workloads(&self) -> Vec<Workload> {
+        Workload::ALL
+            .into_iter()
+            .filter(|w| self.workloads.is_empty() || self.workloads.contains(w))
+            .collect()
+    }
+}
+
 /// The comparisons reported, `(server, reference)`, and the workloads each applies to.
-pub const COMPARISONS: [(&str, &str, &[Workload]); 5] = [
+/// `octopus-axum` / `axum` compares each as a user gets it, `TCP_NODELAY` on the one and
+/// Nagle's algorithm on the other; the two pairs after it compare like for like.
+pub const COMPARISONS: [(&str, &str, &[Workload]); 7] = [
     ("octopus", "baseline", &Workload::ALL),
     (
         "octopus",
@@ -74,6 +118,8 @@ pub const COMPARISONS: [(&str, &str, &[Workload]); 5] = [
     ),
     ("octopus", "axum", &Workload::ALL),
     ("octopus-axum", "axum", &Workload::ALL),
+    ("octopus-axum", "axum-nodelay", &Workload::ALL),
+    ("octopus-axum-nagle", "axum", &Workload::ALL),
     (
         "baseline",
         "http1",
@@ -163,8 +209,12 @@ impl Comparison {
                 None,
                 Some(Target::AtMost(1.05)),
             ],
-            // Octopus ahead of or equal to `axum::serve` on the same router.
-            ("octopus-axum", "axum") if w == "h1-keepalive" || w == "h2" => {
+            // Octopus ahead of or equal to `axum::serve` on the same router, judged with the
+            // same Nagle setting on both: with `TCP_NODELAY` on one only, HTTP/2's ratio
+            // measures Nagle's algorithm (see `Server::tcp_nodelay`), not the server.
+            ("octopus-axum", "axum-nodelay") | ("octopus-axum-nagle", "axum")
+                if w == "h1-keepalive" || w == "h2" =>
+            {
                 [Some(Target::AtLeast(1.0)), None, None]
             }
             _ => [None, None, None],
@@ -409,9 +459,11 @@ async fn measure(
     result
 }
 
-/// Runs `rounds` rounds of every workload against every server that speaks it.
+/// Runs `rounds` rounds of every selected workload against every selected server that speaks
+/// it.
 pub async fn run(
     bins: &Bins,
+    selection: &Selection,
     rounds: usize,
     secs: u64,
     log_dir: &Path,
@@ -444,9 +496,9 @@ pub async fn run(
     };
     for round in 0..rounds {
         let mut runs = Vec::new();
-        for w in Workload::ALL {
-            let mut order = w.servers().to_vec();
-            let n = order.len();
+        for w in selection.workloads() {
+            let mut order = selection.servers(w);
+            let n = order.len().max(1);
             order.rotate_left(round % n);
             for kind in order {
                 let run = measure(w, kind, bins, secs, log_dir, round).await?;
@@ -495,7 +547,61 @@ mod tests {
         assert_eq!(t[2].unwrap().verdict(1.03), "✅ ≤ 1.03");
         assert!(c("octopus", "http1", "h1-keepalive").targets()[1].is_none());
         assert!(c("octopus", "baseline", "h1-close").targets()[0].is_none());
-        assert!(c("octopus-axum", "axum", "h2").targets()[0].is_some());
+        assert!(c("octopus-axum", "axum-nodelay", "h2").targets()[0].is_some());
+        assert!(c("octopus-axum-nagle", "axum", "h1-keepalive").targets()[0].is_some());
+        // Unlike Nagle settings: reported, not judged.
+        assert!(c("octopus-axum", "axum", "h2").targets()[0].is_none());
+    }
+
+    #[test]
+    fn a_selection_keeps_the_servers_that_speak_each_workload() {
+        let s = Selection {
+            workloads: vec![Workload::H2],
+            servers: vec![Kind::Http1, Kind::AxumNodelay, Kind::OctopusAxum],
+        };
+        assert_eq!(s.workloads(), [Workload::H2]);
+        assert_eq!(
+            s.servers(Workload::H2),
+            [Kind::OctopusAxum, Kind::AxumNodelay]
+        );
+        let all = Selection::default();
+        assert_eq!(all.workloads(), Workload::ALL);
+        assert_eq!(all.servers(Workload::H1Close), Workload::H1Close.servers());
+    }
+
+    #[test]
+    fn the_like_for_like_axum_pairs_are_compared() {
+        let run = |server: &str, rps: f64| PinnedRun {
+            server: server.into(),
+            workload: "h2".into(),
+            rps,
+            p50_us: 100.0,
+            p99_us: 200.0,
+            ..PinnedRun::default()
+        };
+        let r = PinnedResult {
+            rounds: vec![vec![
+                run("axum", 80.0),
+                run("octopus-axum", 60.0),
+                run("axum-nodelay", 50.0),
+                run("octopus-axum-nagle", 88.0),
+            ]],
+            ..PinnedResult::default()
+        };
+        let got: Vec<(String, String, f64)> = comparisons(&r)
+            .into_iter()
+            .map(|c| (c.server, c.reference, c.ratios[0].0))
+            .collect();
+        let want = [
+            ("octopus-axum", "axum", 0.75),
+            ("octopus-axum", "axum-nodelay", 1.2),
+            ("octopus-axum-nagle", "axum", 1.1),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for ((s, r, x), (ws, wr, wx)) in got.iter().zip(want) {
+            assert_eq!((s.as_str(), r.as_str()), (ws, wr));
+            assert!((x - wx).abs() < 1e-9, "{s}/{r}: {x}");
+        }
     }
 
     #[test]

@@ -110,7 +110,10 @@ fn pinned_section(md: &mut String, p: &PinnedResult) {
          (`bench/src/bin/baseline.rs`); `http1` = hyper's http1 builder only \
          (`bench/src/bin/hyper_http1.rs`); `axum` = `axum::serve(..).with_graceful_shutdown(..)` \
          and `octopus-axum` = the same axum `Router` served by octopus \
-         (`bench/src/bin/router.rs`). Load average (1/5/15 min) before each round: {}.\n",
+         (`bench/src/bin/router.rs`), each with its own default: Nagle's algorithm on for \
+         `axum`, `TCP_NODELAY` for `octopus-axum`; `axum-nodelay` and `octopus-axum-nagle` \
+         swap them, so that `octopus-axum / axum-nodelay` and `octopus-axum-nagle / axum` \
+         compare like for like (the target is judged on these). Load average (1/5/15 min) before each round: {}.\n",
         busy.join("; ")
     );
     md.push_str(

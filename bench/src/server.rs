@@ -26,10 +26,16 @@ pub enum Kind {
     Baseline,
     /// `bench/src/bin/hyper_http1.rs`, hyper's http1 builder alone.
     Http1,
-    /// `bench/src/bin/router.rs --with axum`: `axum::serve` with graceful shutdown.
+    /// `bench/src/bin/router.rs --with axum`: `axum::serve` with graceful shutdown, as is
+    /// (Nagle's algorithm on).
     Axum,
-    /// `bench/src/bin/router.rs --with octopus`: the same axum router served by octopus.
+    /// `bench/src/bin/router.rs --with octopus`: the same axum router served by octopus, as is
+    /// (`TCP_NODELAY` on).
     OctopusAxum,
+    /// `Axum` with `TCP_NODELAY` on each connection, like `OctopusAxum`.
+    AxumNodelay,
+    /// `OctopusAxum` with Nagle's algorithm left on, like `Axum`.
+    OctopusAxumNagle,
 }
 
 impl Kind {
@@ -42,6 +48,8 @@ impl Kind {
             Kind::Http1 => "http1",
             Kind::Axum => "axum",
             Kind::OctopusAxum => "octopus-axum",
+            Kind::AxumNodelay => "axum-nodelay",
+            Kind::OctopusAxumNagle => "octopus-axum-nagle",
         }
     }
 
@@ -54,6 +62,8 @@ impl Kind {
             Kind::Http1,
             Kind::Axum,
             Kind::OctopusAxum,
+            Kind::AxumNodelay,
+            Kind::OctopusAxumNagle,
         ]
         .into_iter()
         .find(|k| k.name() == s)
@@ -64,6 +74,8 @@ impl Kind {
         match self {
             Kind::Axum => &["--with", "axum"],
             Kind::OctopusAxum => &["--with", "octopus"],
+            Kind::AxumNodelay => &["--with", "axum", "--nodelay", "true"],
+            Kind::OctopusAxumNagle => &["--with", "octopus", "--nodelay", "false"],
             _ => &[],
         }
     }
@@ -93,7 +105,9 @@ impl Bins {
             Kind::Ecdysis => &self.ecdysis,
             Kind::Baseline => &self.baseline,
             Kind::Http1 => &self.http1,
-            Kind::Axum | Kind::OctopusAxum => &self.router,
+            Kind::Axum | Kind::OctopusAxum | Kind::AxumNodelay | Kind::OctopusAxumNagle => {
+                &self.router
+            }
         }
     }
 }

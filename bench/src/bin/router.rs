@@ -6,7 +6,11 @@
 //! ```text
 //! router -h 127.0.0.1 -p 0 --with axum      # SIGTERM: stop accepting, drain, exit
 //! router -h 127.0.0.1 -p 0 --with octopus --extra-port 4001,4002   # SIGHUP upgrades
+//! router -h 127.0.0.1 -p 0 --with axum --nodelay true      # both with TCP_NODELAY
 //! ```
+//!
+//! Each server keeps its own default for `TCP_NODELAY` unless `--nodelay` says otherwise:
+//! `axum::serve` leaves Nagle's algorithm on, octopus turns it off.
 
 #[macro_use]
 #[path = "../routes.rs"]
@@ -21,6 +25,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
+use axum::serve::ListenerExt;
 use clap::{Parser, ValueEnum};
 use octopus::{Handle, Octopus};
 use tokio::signal::unix::{SignalKind, signal};
@@ -43,6 +48,10 @@ struct Cli {
     /// listener is found again by its address after an upgrade).
     #[arg(long, value_delimiter = ',')]
     extra_port: Vec<u16>,
+    /// `true`: `TCP_NODELAY` on each accepted connection; `false`: Nagle's algorithm left on
+    /// (default: the server's own, `false` for axum, `true` for octopus).
+    #[arg(long)]
+    nodelay: Option<bool>,
 }
 
 /// Octopus's handle, for `/ready` (unset under axum: `/ready` then always answers `ready`).
@@ -61,7 +70,7 @@ fn app() -> Router {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.with {
-        With::Axum => serve_axum(&cli.args),
+        With::Axum => serve_axum(&cli.args, cli.nodelay.unwrap_or(false)),
         With::Octopus => {
             let _logging = logging::init();
             serve_octopus(&cli)
@@ -70,7 +79,7 @@ fn main() -> ExitCode {
 }
 
 #[tokio::main]
-async fn serve_axum(args: &routes::Args) -> ExitCode {
+async fn serve_axum(args: &routes::Args, nodelay: bool) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(args.address()).await {
         Ok(l) => l,
         Err(e) => {
@@ -97,10 +106,21 @@ async fn serve_axum(args: &routes::Args) -> ExitCode {
         }
         log!("old process draining pid={}", std::process::id());
     };
-    match axum::serve(listener, app())
-        .with_graceful_shutdown(stop)
-        .await
-    {
+    // axum 0.8's way to set socket options on accepted connections (`Serve::tcp_nodelay` is
+    // gone); the listener's type changes, hence two calls.
+    let served = if nodelay {
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, app())
+            .with_graceful_shutdown(stop)
+            .await
+    } else {
+        axum::serve(listener, app())
+            .with_graceful_shutdown(stop)
+            .await
+    };
+    match served {
         Ok(()) => {
             log!("server shut down pid={}", std::process::id());
             ExitCode::SUCCESS
@@ -124,8 +144,11 @@ async fn serve_octopus(cli: &Cli) -> ExitCode {
     let served = async {
         let octopus = Octopus::new()?;
         let _ = HANDLE.set(octopus.handle());
-        let mut server = octopus
-            .server()
+        let mut server = octopus.server();
+        if let Some(nodelay) = cli.nodelay {
+            server = server.tcp_nodelay(nodelay);
+        }
+        let mut server = server
             .drain_timeout(Duration::from_secs_f64(cli.args.drain_timeout))
             .bind(host(cli.args.port));
         for port in &cli.extra_port {
