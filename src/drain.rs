@@ -202,6 +202,12 @@ impl Drain {
         self.tracker.len()
     }
 
+    /// Tells the connections that the drain has started, ahead of [`Drain::run`], which counts
+    /// them and waits.
+    pub(crate) fn start(&self) {
+        self.draining.fire();
+    }
+
     /// Starts the drain and waits until every connection has finished, or until `timeout` has
     /// passed, when the rest are cut. Ends as soon as the last connection is done.
     pub async fn run(&self, timeout: Duration) -> DrainReport {

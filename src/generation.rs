@@ -79,6 +79,15 @@ where
             .collect();
         let stop = octopus.stopped().await;
         stop_accepting.cancel();
+        if let Stop::Upgraded { .. } = stop {
+            // The connections learn of the drain now, not once the accept loops have wound down:
+            // on a busy server each await below is a turn of the run queue behind thousands of
+            // connection tasks (1.3 s with 10,000 busy keep-alive connections on 2 cores).
+            if let Some(relay) = octopus.relay() {
+                drain.relay_to(relay);
+            }
+            drain.start();
+        }
         for accepting in accepting {
             if let Ok(served) = accepting.await {
                 listeners.push(served);
