@@ -4,7 +4,8 @@
 //! A Rust re-implementation of [NBCFB/Octopus](https://github.com/NBCFB/Octopus), with its signal
 //! contract, its bugs fixed (the new process gets the old one's arguments and sockets, and the old
 //! one waits until the new one is ready) and a drain that retires keep-alive connections without
-//! racing the client.
+//! racing the client: after an upgrade, idle HTTP/1 connections are not closed at all but handed,
+//! socket and all, to the new process, which answers their next request.
 //!
 //! # Serving HTTP in one call
 //!

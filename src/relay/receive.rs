@@ -108,10 +108,14 @@ async fn take_relayed(
             }
         }
     }
-    tracing::info!(
-        connections = taken,
-        "took the old process's idle connections"
-    );
+    if taken > 0 {
+        tracing::info!(
+            connections = taken,
+            "took the old process's idle connections"
+        );
+    } else {
+        tracing::debug!("the old process relayed no connection");
+    }
 }
 
 /// One message: its length in `message` and the sockets it carries, one per key; `None` at the
