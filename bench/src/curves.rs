@@ -403,11 +403,16 @@ async fn handover_point(
     bins: &Bins,
     logs: &Path,
 ) -> Result<(Point, Point), String> {
-    // All held bound until all are picked, so that no port is picked twice.
-    let held: Vec<std::net::TcpListener> = (1..listeners)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("free port: {e}"))?;
+    // Below the kernel's ephemeral range (32768.. by default), so that the server's own `-p 0`
+    // listener cannot be given one of them once they are let go (a 01:27 run failed so); all
+    // held bound until all are picked, so that none is picked twice.
+    let held: Vec<std::net::TcpListener> = (20_000..32_000u16)
+        .filter_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+        .take(listeners - 1)
+        .collect();
+    if held.len() + 1 < listeners {
+        return Err(format!("only {} free ports below 32000", held.len()));
+    }
     let ports: Vec<String> = held
         .iter()
         .map(|l| l.local_addr().map(|a| a.port().to_string()))
