@@ -265,3 +265,48 @@ fn a_connection_whose_new_process_died_before_taking_it_is_told_to_close() {
     assert_eq!(pid_answering(port), old, "the old process serves again");
     reap_if_adopted(new);
 }
+
+#[test]
+fn a_connection_relayed_to_a_process_already_upgraded_again_is_relayed_on() {
+    let mut server = Hello::start(&["-h", "127.0.0.1", "-p", "0", "--drain-timeout", "10"]);
+    let port = server.port();
+    let first = server.first_pid();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(pid_keeping_alive(&mut stream), first);
+    write!(
+        stream,
+        "GET /sleep?ms={SLOW_MS} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .unwrap();
+    let written = Instant::now();
+    signal(first, Signal::HUP);
+    let second = field(&server.wait_for(&["new process ready"]), "pid");
+    // The second generation hands over in turn while the first still has the slow request to
+    // finish, and its connection to relay then: to the second, which is draining.
+    signal(second, Signal::HUP);
+    let third = field(&server.wait_for_nth(&["new process ready"], 1), "pid");
+    assert_ne!(third, second);
+    still_in_flight(written);
+    let slow = reply(&mut stream);
+    assert_eq!(slow.body, format!("slept {SLOW_MS}\n"));
+    assert!(
+        !slow.headers.contains("connection: close"),
+        "a keep-alive reply: {slow:?}"
+    );
+    // The second generation answers a request already waiting when its connection comes (it
+    // reads before it relays), then relays it on.
+    let next = pid_keeping_alive(&mut stream);
+    assert!(next == second || next == third, "{next}");
+    assert_eq!(
+        pid_keeping_alive(&mut stream),
+        third,
+        "the connection went on through the second generation to the third"
+    );
+    assert!(server.wait_first_exit().success());
+    assert_eq!(
+        wait_adopted_exit(second).exit_status(),
+        Some(0),
+        "the second generation drained and exited 0"
+    );
+}
