@@ -109,6 +109,44 @@ fn still_in_flight(written: Instant) {
     );
 }
 
+/// A drain long enough for the slow request.
+const SLOW_DRAIN: &[&str] = &["-h", "127.0.0.1", "-p", "0", "--drain-timeout", "10"];
+
+/// A server upgraded while a keep-alive connection's slow request is in flight in the old process.
+struct Upgrading {
+    port: u16,
+    old: u32,
+    new: u32,
+    stream: TcpStream,
+    /// When the slow request was written.
+    written: Instant,
+}
+
+/// Opens a keep-alive connection to `server`, writes a slow request on it, sends SIGHUP and
+/// waits until the new process is ready.
+fn upgrade_during_a_slow_request(server: &Hello) -> Upgrading {
+    let port = server.port();
+    let old = server.first_pid();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(pid_keeping_alive(&mut stream), old);
+    write!(
+        stream,
+        "GET /sleep?ms={SLOW_MS} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .unwrap();
+    let written = Instant::now();
+    signal(old, Signal::HUP);
+    let new = field(&server.wait_for(&["new process ready"]), "pid");
+    Upgrading {
+        port,
+        old,
+        new,
+        stream,
+        written,
+    }
+}
+
 /// `status` from the control socket at `path`: one JSON line.
 fn status(path: &Path) -> String {
     let mut stream = UnixStream::connect(path).unwrap();
@@ -199,20 +237,13 @@ fn a_shutdown_still_closes_idle_connections_once_their_grace_is_over() {
 
 #[test]
 fn a_connection_relayed_to_a_process_already_shutting_down_is_served_by_its_drain() {
-    let mut server = Hello::start(&["-h", "127.0.0.1", "-p", "0", "--drain-timeout", "10"]);
-    let port = server.port();
-    let old = server.first_pid();
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    assert_eq!(pid_keeping_alive(&mut stream), old);
-    write!(
-        stream,
-        "GET /sleep?ms={SLOW_MS} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    )
-    .unwrap();
-    let written = Instant::now();
-    signal(old, Signal::HUP);
-    let new = field(&server.wait_for(&["new process ready"]), "pid");
+    let mut server = Hello::start(SLOW_DRAIN);
+    let Upgrading {
+        new,
+        mut stream,
+        written,
+        ..
+    } = upgrade_during_a_slow_request(&server);
     // The new process shuts down while the old one still has the slow request to finish, and
     // its connection to relay then.
     signal(new, Signal::TERM);
@@ -236,20 +267,14 @@ fn a_connection_relayed_to_a_process_already_shutting_down_is_served_by_its_drai
 
 #[test]
 fn a_connection_whose_new_process_died_before_taking_it_is_told_to_close() {
-    let server = Hello::start(&["-h", "127.0.0.1", "-p", "0", "--drain-timeout", "10"]);
-    let port = server.port();
-    let old = server.first_pid();
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    assert_eq!(pid_keeping_alive(&mut stream), old);
-    write!(
-        stream,
-        "GET /sleep?ms={SLOW_MS} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    )
-    .unwrap();
-    let written = Instant::now();
-    signal(old, Signal::HUP);
-    let new = field(&server.wait_for(&["new process ready"]), "pid");
+    let server = Hello::start(SLOW_DRAIN);
+    let Upgrading {
+        port,
+        old,
+        new,
+        mut stream,
+        written,
+    } = upgrade_during_a_slow_request(&server);
     kill(new, Signal::KILL);
     server.wait_for(&["died after it was ready"]);
     still_in_flight(written);
@@ -268,20 +293,13 @@ fn a_connection_whose_new_process_died_before_taking_it_is_told_to_close() {
 
 #[test]
 fn a_connection_relayed_to_a_process_already_upgraded_again_is_relayed_on() {
-    let mut server = Hello::start(&["-h", "127.0.0.1", "-p", "0", "--drain-timeout", "10"]);
-    let port = server.port();
-    let first = server.first_pid();
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    assert_eq!(pid_keeping_alive(&mut stream), first);
-    write!(
-        stream,
-        "GET /sleep?ms={SLOW_MS} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    )
-    .unwrap();
-    let written = Instant::now();
-    signal(first, Signal::HUP);
-    let second = field(&server.wait_for(&["new process ready"]), "pid");
+    let mut server = Hello::start(SLOW_DRAIN);
+    let Upgrading {
+        new: second,
+        mut stream,
+        written,
+        ..
+    } = upgrade_during_a_slow_request(&server);
     // The second generation hands over in turn while the first still has the slow request to
     // finish, and its connection to relay then: to the second, which is draining.
     signal(second, Signal::HUP);
