@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::listeners::local_address;
 
 /// What [`Accept::poll_relayed`] gives.
-pub type Relayed<L> =
+pub type NextRelayed<L> =
     std::task::Poll<Option<io::Result<(<L as Accept>::Stream, <L as Accept>::Peer)>>>;
 
 /// A listening socket registered with the runtime, as the generation loop drives it.
@@ -41,7 +41,7 @@ pub trait Accept: Send + Sync + 'static {
     }
 
     /// The next relayed connection; `None` once none can come.
-    fn poll_relayed(&self, _cx: &mut std::task::Context<'_>) -> Relayed<Self> {
+    fn poll_relayed(&self, _cx: &mut std::task::Context<'_>) -> NextRelayed<Self> {
         std::task::Poll::Ready(None)
     }
 }

@@ -79,12 +79,17 @@ where
             .collect();
         let stop = octopus.stopped().await;
         stop_accepting.cancel();
+        // The successor that takes this drain's idle connections, after a hand-over.
+        let relay = match stop {
+            Stop::Upgraded { .. } => octopus.relay(),
+            Stop::Shutdown => None,
+        };
         if let Stop::Upgraded { .. } = stop {
             // The connections learn of the drain now, not once the accept loops have wound down:
             // on a busy server each await below is a turn of the run queue behind thousands of
             // connection tasks (1.3 s with 10,000 busy keep-alive connections on 2 cores).
-            if let Some(relay) = octopus.relay() {
-                drain.relay_to(relay);
+            if let Some(relay) = &relay {
+                drain.relay_to(relay.clone());
             }
             drain.start();
         }
@@ -114,10 +119,6 @@ where
         }
         // Handed over: the successor accepts on the same sockets. Keep them: if it dies while
         // this process drains, `resumed` fires and this process serves them again.
-        let relay = octopus.relay();
-        if let Some(relay) = &relay {
-            drain.relay_to(relay.clone());
-        }
         // Connections the previous process still relays are this drain's too: it lasts until
         // that process is done relaying, or until its deadline.
         let predecessor = listeners

@@ -250,7 +250,7 @@ impl Accept for Relayed {
         self.route.as_ref().is_some_and(Route::is_open)
     }
 
-    fn poll_relayed(&self, cx: &mut Context<'_>) -> crate::accept::Relayed<Self> {
+    fn poll_relayed(&self, cx: &mut Context<'_>) -> crate::accept::NextRelayed<Self> {
         let Some(route) = &self.route else {
             return Poll::Ready(None);
         };
